@@ -1,0 +1,771 @@
+//! The HTTP JSON API (docs/api.md): staff sessions, administration, history, hand-off.
+
+use std::sync::{Arc, LazyLock};
+
+use aisle_sync::{ConversationId, CustomerId, StaffId, Status};
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rusqlite::OptionalExtension;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::error::{ApiError, Code};
+use crate::frame::StaffView;
+use crate::store::queries::{self, Filter, StaffSession};
+use crate::store::writer::{Action, ActionCmd, Actor, Command};
+use crate::{App, auth, now_ms};
+
+type AppState = State<Arc<App>>;
+type ApiResult = Result<Response, ApiError>;
+
+/// A JSON body whose rejection is our JSON error (not axum's plain-text one).
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        crate::metrics::METRICS.limit("max_http_body_bytes");
+        ApiError::new(
+            Code::PayloadTooLarge,
+            "request body exceeds max_http_body_bytes",
+        )
+    } else {
+        ApiError::new(Code::BadRequest, rejection.body_text())
+    }
+}
+
+fn query_rejection(rejection: QueryRejection) -> ApiError {
+    ApiError::new(Code::BadRequest, rejection.body_text())
+}
+
+/// The signed-in staff member, from `Authorization: Bearer <token>`.
+pub struct StaffAuth(pub StaffSession);
+
+impl FromRequestParts<Arc<App>> for StaffAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)
+            .ok_or_else(|| ApiError::new(Code::Unauthorized, "missing bearer token"))?;
+        let hash = auth::token_hash(&token);
+        let session = app
+            .reader
+            .read(move |conn| queries::staff_by_session(conn, &hash, now_ms()))
+            .await?;
+        Ok(StaffAuth(session))
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?;
+    let value = value.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
+}
+
+impl StaffAuth {
+    fn require_admin(&self) -> Result<(), ApiError> {
+        if self.0.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::new(Code::Forbidden, "store admins only"))
+        }
+    }
+
+    fn actor(&self) -> Actor {
+        Actor::Staff {
+            id: self.0.staff.id,
+            admin: self.0.is_admin(),
+        }
+    }
+}
+
+pub async fn healthz(State(app): AppState) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "service": "aisle-edge",
+        "version": env!("CARGO_PKG_VERSION"),
+        "store_id": app.config.store_id,
+        "uptime_secs": app.started.elapsed().as_secs(),
+    }))
+}
+
+pub async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::METRICS.render(),
+    )
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(Code::NotFound, "no such endpoint")
+}
+
+/// Runs Argon2 off the runtime, bounded by `max_concurrent_password_hashes`.
+async fn blocking_hash<T: Send + 'static>(
+    app: &App,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = app
+        .password_hashes
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(Code::ShuttingDown, "the appliance is stopping"))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(ApiError::internal)
+}
+
+/// A hash to verify against when the username is unknown, so both answers take as long.
+static DUMMY_HASH: LazyLock<String> =
+    LazyLock::new(|| auth::hash_password("not a password of anyone").unwrap_or_default());
+
+#[derive(Deserialize)]
+pub struct Login {
+    username: String,
+    password: String,
+}
+
+pub async fn login(State(app): AppState, Body(login): Body<Login>) -> ApiResult {
+    let username = login.username.clone();
+    let found = app
+        .reader
+        .read(move |conn| queries::staff_for_login(conn, &username))
+        .await?;
+    let (staff, hash) = match found {
+        Some((staff, hash)) => (Some(staff), hash),
+        None => (None, DUMMY_HASH.clone()),
+    };
+    let password = login.password;
+    let valid = blocking_hash(&app, move || auth::verify_password(&hash, &password)).await?;
+    let staff = match staff {
+        Some(staff) if valid && !staff.disabled => staff,
+        _ => {
+            return Err(ApiError::new(
+                Code::InvalidCredentials,
+                "wrong username or password",
+            ));
+        }
+    };
+    let (token, token_hash) = auth::new_session_token();
+    let now = now_ms();
+    let expires_at_ms = now + app.config.session_ttl_secs * 1000;
+    let staff_id = staff.id;
+    app.writer
+        .exec(move |conn| {
+            conn.execute(
+                "DELETE FROM sessions WHERE staff_id = ?1 AND expires_at_ms <= ?2",
+                rusqlite::params![staff_id.to_string(), now as i64],
+            )?;
+            conn.execute(
+                "INSERT INTO sessions (token_hash, staff_id, created_at_ms, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![
+                    token_hash,
+                    staff_id.to_string(),
+                    now as i64,
+                    expires_at_ms as i64
+                ],
+            )?;
+            Ok(())
+        })
+        .await?;
+    Ok(
+        Json(json!({ "token": token, "expires_at_ms": expires_at_ms, "staff": staff }))
+            .into_response(),
+    )
+}
+
+pub async fn logout(State(app): AppState, headers: HeaderMap) -> ApiResult {
+    let token = bearer(&headers)
+        .ok_or_else(|| ApiError::new(Code::Unauthorized, "missing bearer token"))?;
+    let hash = auth::token_hash(&token);
+    app.writer
+        .exec(move |conn| {
+            conn.execute("DELETE FROM sessions WHERE token_hash = ?1", [hash])?;
+            Ok(())
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn me(auth: StaffAuth) -> Json<Value> {
+    Json(json!({ "staff": auth.0.staff }))
+}
+
+pub async fn list_staff(State(app): AppState, _auth: StaffAuth) -> ApiResult {
+    let rows = app.reader.read(queries::list_staff).await?;
+    let online = app.delivery.online_staff();
+    let staff: Vec<Value> = rows
+        .into_iter()
+        .map(|(staff, open_chats)| {
+            let mut value = serde_json::to_value(&staff).unwrap_or_default();
+            value["online"] = json!(online.contains(&staff.id));
+            value["open_chats"] = json!(open_chats);
+            value
+        })
+        .collect();
+    Ok(Json(json!({ "staff": staff })).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct NewStaff {
+    username: String,
+    name: String,
+    password: String,
+    #[serde(default = "default_role")]
+    role: String,
+    capacity: Option<u32>,
+}
+
+fn default_role() -> String {
+    "staff".into()
+}
+
+const MAX_CAPACITY: u32 = 1000;
+
+fn check_staff_fields(
+    name: Option<&str>,
+    password: Option<&str>,
+    role: Option<&str>,
+    capacity: Option<u32>,
+) -> Result<(), ApiError> {
+    let bad = |m: &str| Err(ApiError::new(Code::BadRequest, m));
+    if let Some(name) = name
+        && (name.trim().is_empty() || name.chars().count() > 100)
+    {
+        return bad("name must be 1 to 100 characters");
+    }
+    if let Some(password) = password
+        && !(8..=256).contains(&password.chars().count())
+    {
+        return bad("password must be 8 to 256 characters");
+    }
+    if let Some(role) = role
+        && role != "staff"
+        && role != "admin"
+    {
+        return bad("role is \"staff\" or \"admin\"");
+    }
+    if let Some(capacity) = capacity
+        && capacity > MAX_CAPACITY
+    {
+        return bad("capacity must be 0 to 1000");
+    }
+    Ok(())
+}
+
+pub async fn create_staff(
+    State(app): AppState,
+    auth: StaffAuth,
+    Body(new): Body<NewStaff>,
+) -> ApiResult {
+    auth.require_admin()?;
+    let username_ok = (1..=64).contains(&new.username.len())
+        && new
+            .username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !username_ok {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            "username must be 1 to 64 of a-z, 0-9, '.', '_', '-'",
+        ));
+    }
+    check_staff_fields(
+        Some(&new.name),
+        Some(&new.password),
+        Some(&new.role),
+        new.capacity,
+    )?;
+    let password = new.password.clone();
+    let hash = blocking_hash(&app, move || auth::hash_password(&password)).await??;
+    let staff = StaffView {
+        id: StaffId::new(),
+        username: new.username,
+        name: new.name.trim().to_owned(),
+        role: new.role,
+        capacity: new
+            .capacity
+            .unwrap_or(app.config.routing.capacity_per_staff),
+        disabled: false,
+    };
+    let row = staff.clone();
+    app.writer
+        .exec(move |conn| insert_staff(conn, &row, &hash))
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "staff": staff }))).into_response())
+}
+
+pub fn insert_staff(
+    conn: &rusqlite::Connection,
+    staff: &StaffView,
+    hash: &str,
+) -> Result<(), ApiError> {
+    let taken: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM staff WHERE username = ?1",
+            [&staff.username],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if taken.is_some() {
+        return Err(ApiError::new(Code::Conflict, "that username is taken"));
+    }
+    conn.execute(
+        "INSERT INTO staff (id, username, name, password_hash, role, capacity, disabled, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
+        rusqlite::params![
+            staff.id.to_string(),
+            staff.username,
+            staff.name,
+            hash,
+            staff.role,
+            staff.capacity,
+            now_ms() as i64
+        ],
+    )?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+pub struct StaffPatch {
+    name: Option<String>,
+    password: Option<String>,
+    role: Option<String>,
+    capacity: Option<u32>,
+    disabled: Option<bool>,
+}
+
+pub async fn update_staff(
+    State(app): AppState,
+    auth: StaffAuth,
+    Path(id): Path<String>,
+    Body(patch): Body<StaffPatch>,
+) -> ApiResult {
+    auth.require_admin()?;
+    let id: StaffId = id
+        .parse()
+        .map_err(|_| ApiError::new(Code::NotFound, "no such staff member"))?;
+    check_staff_fields(
+        patch.name.as_deref(),
+        patch.password.as_deref(),
+        patch.role.as_deref(),
+        patch.capacity,
+    )?;
+    let hash = match patch.password.clone() {
+        Some(password) => Some(blocking_hash(&app, move || auth::hash_password(&password)).await??),
+        None => None,
+    };
+    let staff = app
+        .writer
+        .exec(move |conn| {
+            let key = id.to_string();
+            let exists: Option<i64> = conn
+                .query_row("SELECT 1 FROM staff WHERE id = ?1", [&key], |r| r.get(0))
+                .optional()?;
+            if exists.is_none() {
+                return Err(ApiError::new(Code::NotFound, "no such staff member"));
+            }
+            if let Some(name) = &patch.name {
+                conn.execute(
+                    "UPDATE staff SET name = ?2 WHERE id = ?1",
+                    [&key, name.trim()],
+                )?;
+            }
+            if let Some(hash) = &hash {
+                conn.execute(
+                    "UPDATE staff SET password_hash = ?2 WHERE id = ?1",
+                    [&key, hash],
+                )?;
+            }
+            if let Some(role) = &patch.role {
+                conn.execute("UPDATE staff SET role = ?2 WHERE id = ?1", [&key, role])?;
+            }
+            if let Some(capacity) = patch.capacity {
+                conn.execute(
+                    "UPDATE staff SET capacity = ?2 WHERE id = ?1",
+                    rusqlite::params![key, capacity],
+                )?;
+            }
+            if let Some(disabled) = patch.disabled {
+                conn.execute(
+                    "UPDATE staff SET disabled = ?2 WHERE id = ?1",
+                    rusqlite::params![key, disabled],
+                )?;
+                if disabled {
+                    conn.execute("DELETE FROM sessions WHERE staff_id = ?1", [&key])?;
+                }
+            }
+            queries::staff_by_id(conn, id)?.ok_or_else(|| ApiError::internal("staff vanished"))
+        })
+        .await?;
+    Ok(Json(json!({ "staff": staff })).into_response())
+}
+
+pub async fn list_canned(State(app): AppState, _auth: StaffAuth) -> ApiResult {
+    let replies = app.reader.read(queries::canned_replies).await?;
+    Ok(Json(json!({ "canned_replies": replies })).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct CannedInput {
+    #[serde(default)]
+    shortcut: String,
+    title: String,
+    body: String,
+}
+
+impl CannedInput {
+    fn check(&self, max_body_chars: usize) -> Result<(), ApiError> {
+        if self.shortcut.chars().count() > 32
+            || self.title.trim().is_empty()
+            || self.title.chars().count() > 100
+        {
+            return Err(ApiError::new(
+                Code::BadRequest,
+                "shortcut is at most 32 characters; title 1 to 100",
+            ));
+        }
+        if self.body.trim().is_empty() || self.body.chars().count() > max_body_chars {
+            return Err(ApiError::new(
+                Code::MessageTooLong,
+                format!("body must be 1 to max_message_chars = {max_body_chars} characters"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub async fn create_canned(
+    State(app): AppState,
+    auth: StaffAuth,
+    Body(input): Body<CannedInput>,
+) -> ApiResult {
+    auth.require_admin()?;
+    input.check(app.config.limits.max_message_chars)?;
+    let id = ulid::Ulid::new().to_string();
+    let reply = queries::CannedReply {
+        id: id.clone(),
+        shortcut: input.shortcut,
+        title: input.title,
+        body: input.body,
+    };
+    let row = reply.clone();
+    app.writer
+        .exec(move |conn| {
+            conn.execute(
+                "INSERT INTO canned_replies (id, shortcut, title, body, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![row.id, row.shortcut, row.title, row.body, now_ms() as i64],
+            )?;
+            Ok(())
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "canned_reply": reply }))).into_response())
+}
+
+pub async fn update_canned(
+    State(app): AppState,
+    auth: StaffAuth,
+    Path(id): Path<String>,
+    Body(input): Body<CannedInput>,
+) -> ApiResult {
+    auth.require_admin()?;
+    input.check(app.config.limits.max_message_chars)?;
+    let reply = queries::CannedReply {
+        id,
+        shortcut: input.shortcut,
+        title: input.title,
+        body: input.body,
+    };
+    let row = reply.clone();
+    app.writer
+        .exec(move |conn| {
+            let changed = conn.execute(
+                "UPDATE canned_replies SET shortcut = ?2, title = ?3, body = ?4, updated_at_ms = ?5 WHERE id = ?1",
+                rusqlite::params![row.id, row.shortcut, row.title, row.body, now_ms() as i64],
+            )?;
+            if changed == 0 {
+                return Err(ApiError::new(Code::NotFound, "no such canned reply"));
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(Json(json!({ "canned_reply": reply })).into_response())
+}
+
+pub async fn delete_canned(
+    State(app): AppState,
+    auth: StaffAuth,
+    Path(id): Path<String>,
+) -> ApiResult {
+    auth.require_admin()?;
+    app.writer
+        .exec(move |conn| {
+            let changed = conn.execute("DELETE FROM canned_replies WHERE id = ?1", [id])?;
+            if changed == 0 {
+                return Err(ApiError::new(Code::NotFound, "no such canned reply"));
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ListParams {
+    status: Option<String>,
+    agent: Option<StaffId>,
+    customer: Option<CustomerId>,
+    before: Option<ConversationId>,
+    limit: Option<usize>,
+}
+
+pub async fn list_conversations(
+    State(app): AppState,
+    _auth: StaffAuth,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> ApiResult {
+    let Query(params) = params.map_err(query_rejection)?;
+    let status = match params.status.as_deref() {
+        None => None,
+        Some("open") => Some(None),
+        Some(s) => Some(Some(s.parse::<Status>().map_err(|_| {
+            ApiError::new(Code::BadRequest, format!("unknown status {s:?}"))
+        })?)),
+    };
+    let filter = Filter {
+        status,
+        agent: params.agent,
+        customer: params.customer,
+        before: params.before,
+        limit: page_limit(&app, params.limit),
+    };
+    let limit = filter.limit;
+    let rows = app
+        .reader
+        .read(move |conn| queries::conversations(conn, &filter))
+        .await?;
+    let next_before = if rows.len() == limit {
+        rows.last().map(|s| s.id)
+    } else {
+        None
+    };
+    Ok(Json(json!({ "conversations": rows, "next_before": next_before })).into_response())
+}
+
+fn page_limit(app: &App, asked: Option<usize>) -> usize {
+    let max = app.config.limits.max_page_items;
+    asked.unwrap_or(50).clamp(1, max)
+}
+
+fn parse_conversation(id: &str) -> Result<ConversationId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::new(Code::NotFound, "no such conversation"))
+}
+
+pub async fn get_conversation(
+    State(app): AppState,
+    _auth: StaffAuth,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let id = parse_conversation(&id)?;
+    let found = app
+        .reader
+        .read(move |conn| {
+            let Some(summary) = queries::summary(conn, id)? else {
+                return Ok(None);
+            };
+            let state = queries::state(conn, id)?;
+            let document = queries::document(conn, id)?;
+            Ok(Some((summary, state, document)))
+        })
+        .await?;
+    let Some((summary, state, Some(document))) = found else {
+        return Err(ApiError::new(Code::NotFound, "no such conversation"));
+    };
+    let fold = document.fold()?;
+    let rejected: Vec<_> = fold.rejected.iter().map(|r| r.event).collect();
+    let events: Vec<Value> = document
+        .events()?
+        .into_iter()
+        .map(|event| {
+            let mut value = serde_json::to_value(&event).unwrap_or_default();
+            value["applied"] = json!(!rejected.contains(&event.id));
+            value
+        })
+        .collect();
+    Ok(Json(json!({
+        "conversation": summary,
+        "state": state,
+        "events": events,
+        "rejected": fold.rejected,
+        "participants": document.participants()?,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct HistoryParams {
+    after_seq: Option<u64>,
+    limit: Option<usize>,
+}
+
+pub async fn conversation_messages(
+    State(app): AppState,
+    _auth: StaffAuth,
+    Path(id): Path<String>,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> ApiResult {
+    let id = parse_conversation(&id)?;
+    let Query(params) = params.map_err(query_rejection)?;
+    let after = params.after_seq.unwrap_or(0);
+    let limit = page_limit(&app, params.limit.or(Some(200)));
+    let history = app
+        .reader
+        .read(move |conn| queries::history(conn, id, after, limit))
+        .await?
+        .ok_or_else(|| ApiError::new(Code::NotFound, "no such conversation"))?;
+    Ok(Json(json!({
+        "messages": history.messages,
+        "last_seq": history.last_seq,
+        "more": history.more,
+    }))
+    .into_response())
+}
+
+pub async fn customer_conversations(
+    State(app): AppState,
+    _auth: StaffAuth,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let customer: CustomerId = id
+        .parse()
+        .map_err(|_| ApiError::new(Code::NotFound, "no such customer"))?;
+    let filter = Filter {
+        customer: Some(customer),
+        limit: app.config.limits.max_page_items,
+        ..Filter::default()
+    };
+    let rows = app
+        .reader
+        .read(move |conn| queries::conversations(conn, &filter))
+        .await?;
+    Ok(Json(json!({ "conversations": rows })).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ActionInput {
+    action: String,
+    to: Option<StaffId>,
+    until_ms: Option<u64>,
+    note: Option<String>,
+}
+
+pub async fn conversation_action(
+    State(app): AppState,
+    auth: StaffAuth,
+    Path(id): Path<String>,
+    Body(input): Body<ActionInput>,
+) -> ApiResult {
+    let conversation = parse_conversation(&id)?;
+    let missing = |field: &str| {
+        ApiError::new(
+            Code::BadRequest,
+            format!("{} needs \"{field}\"", input.action),
+        )
+    };
+    let action = match input.action.as_str() {
+        "claim" => Action::Claim,
+        "transfer" => Action::Transfer {
+            to: input.to.ok_or_else(|| missing("to"))?,
+            note: input.note.clone(),
+        },
+        "release" => Action::Release,
+        "resolve" => Action::Resolve,
+        "reopen" => Action::Reopen,
+        "snooze" => Action::Snooze {
+            until_ms: input.until_ms.ok_or_else(|| missing("until_ms"))?,
+        },
+        "wake" => Action::Wake,
+        other => {
+            return Err(ApiError::new(
+                Code::BadRequest,
+                format!("unknown action {other:?}"),
+            ));
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    app.writer.submit(Command::Action(ActionCmd {
+        conversation,
+        actor: auth.actor(),
+        action,
+        reply: Some(reply),
+    }))?;
+    let state = answer
+        .await
+        .map_err(|_| ApiError::new(Code::ShuttingDown, "the appliance is stopping"))??;
+    Ok(Json(json!({ "state": state })).into_response())
+}
+
+pub async fn redeem_handoff(State(app): AppState, Path(code): Path<String>) -> ApiResult {
+    let code = auth::normalise_code(&code);
+    if code.len() != auth::HANDOFF_CODE_CHARS {
+        return Err(ApiError::new(Code::NotFound, "no such hand-off code"));
+    }
+    let now = now_ms();
+    let (customer, conversation) = app
+        .writer
+        .exec(move |conn| {
+            let row: Option<(String, String, i64, Option<i64>)> = conn
+                .query_row(
+                    "SELECT customer_id, conversation_id, expires_at_ms, used_at_ms FROM handoffs WHERE code = ?1",
+                    [&code],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let Some((customer, conversation, expires, used)) = row else {
+                return Err(ApiError::new(Code::NotFound, "no such hand-off code"));
+            };
+            if used.is_some() {
+                return Err(ApiError::new(Code::HandoffUsed, "this hand-off code was already used"));
+            }
+            if expires as u64 <= now {
+                return Err(ApiError::new(Code::HandoffExpired, "this hand-off code has expired"));
+            }
+            conn.execute(
+                "UPDATE handoffs SET used_at_ms = ?2 WHERE code = ?1",
+                rusqlite::params![code, now as i64],
+            )?;
+            Ok((customer, conversation))
+        })
+        .await?;
+    let customer: CustomerId = customer.parse().map_err(ApiError::internal)?;
+    let token = app
+        .tokens
+        .sign(customer, now / 1000 + app.config.resume_token_ttl_secs);
+    Ok(Json(json!({
+        "customer_id": customer,
+        "conversation_id": conversation,
+        "resume_token": token,
+    }))
+    .into_response())
+}

@@ -1,0 +1,171 @@
+//! The appliance's configuration: one typed struct.
+//!
+//! Sources, later ones win: embedded defaults (`cargo run` works with no file) → a TOML file
+//! (`--config FILE` or `AISLE_CONFIG`) → environment (`AISLE_LISTEN`, `AISLE_DATA`,
+//! `AISLE_LIMITS__MAX_FRAME_BYTES`, …: `__` separates nesting) → command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::limits::Limits;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP/WebSocket server binds.
+    pub listen: SocketAddr,
+    /// Directory holding the SQLite database and the appliance's secret key.
+    pub data: PathBuf,
+    /// This store's id (set by provisioning; documents and the hub know the store by it).
+    pub store_id: String,
+    /// Password of the first staff account (`admin`) created on an empty data directory.
+    /// Unset: a random one is generated and printed once.
+    pub first_admin_password: Option<String>,
+    /// Log filter (tracing's EnvFilter syntax).
+    pub log: String,
+    /// Lifetime of a staff session token.
+    pub session_ttl_secs: u64,
+    /// Lifetime of a customer's resume token.
+    pub resume_token_ttl_secs: u64,
+    /// Lifetime of a device hand-off code.
+    pub handoff_ttl_secs: u64,
+    pub routing: Routing,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Routing {
+    /// Open chats a new staff account may hold at once (each account can override it).
+    pub capacity_per_staff: u32,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Self {
+            capacity_per_staff: 8,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data: PathBuf::from("data"),
+            store_id: "store-1".into(),
+            first_admin_password: None,
+            log: "info".into(),
+            session_ttl_secs: 12 * 3600,
+            resume_token_ttl_secs: 30 * 24 * 3600,
+            handoff_ttl_secs: 600,
+            routing: Routing::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Flags given on the command line; they override every other source.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::MissingFile(file.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("AISLE_").split("__").ignore(&["config"]));
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        if let Some(data) = &overrides.data {
+            config.data = data.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate().map_err(ConfigError::Invalid)?;
+        if self.store_id.is_empty() || self.store_id.len() > 64 {
+            return Err(ConfigError::Invalid(
+                "store_id must be 1 to 64 characters".into(),
+            ));
+        }
+        if let Some(password) = &self.first_admin_password
+            && password.chars().count() < 8
+        {
+            return Err(ConfigError::Invalid(
+                "first_admin_password needs at least 8 characters".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data.join("aisle-edge.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("edge.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nstore_id = \"sh-01\"\n[limits]\nmax_message_chars = 500\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file), &Overrides::default()).unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.store_id, "sh-01");
+        assert_eq!(config.limits.max_message_chars, 500);
+        assert_eq!(
+            config.limits.max_frame_bytes,
+            Limits::default().max_frame_bytes
+        );
+
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:9100".parse().unwrap()),
+            data: Some("/tmp/x".into()),
+        };
+        let config = Config::load(Some(&file), &overrides).unwrap();
+        assert_eq!(config.listen.port(), 9100);
+        assert_eq!(config.data, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("edge.toml");
+        std::fs::write(&file, "[limits]\nmax_fram_bytes = 5\n").unwrap();
+        let err = Config::load(Some(&file), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("max_fram_bytes"), "{err}");
+    }
+}

@@ -1,0 +1,61 @@
+//! `aisle-edge`: the store appliance's chat server.
+//!
+//! Bird's-eye view (ARCHITECTURE.md has the whole picture):
+//!
+//! ```text
+//! WebSocket / HTTP (axum, tokio)          store/writer.rs: one thread, group commit
+//!   connection.rs ── Command ──────────▶  SQLite rows + Automerge documents, one txn
+//!   api.rs                                 │ commit
+//!       ▲                                  ▼
+//!       └──── delivery.rs (fan-out) ◀── acks, messages, state frames
+//!   store/reader.rs: read-only SQLite threads for history and lists
+//! ```
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod delivery;
+pub mod error;
+pub mod frame;
+pub mod limits;
+pub mod metrics;
+pub mod routing;
+pub mod server;
+pub mod shutdown;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+
+use crate::auth::ResumeTokens;
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::shutdown::Shutdown;
+use crate::store::reader::Reader;
+use crate::store::writer::Writer;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Everything a request handler or connection task needs; shared behind an `Arc`.
+pub struct App {
+    pub config: Config,
+    pub writer: Writer,
+    pub reader: Reader,
+    pub delivery: Arc<Delivery>,
+    pub tokens: ResumeTokens,
+    /// One permit per open WebSocket connection (`max_connections`).
+    pub connections: Arc<Semaphore>,
+    /// Bounds concurrent Argon2 work (`max_concurrent_password_hashes`).
+    pub password_hashes: Semaphore,
+    pub shutdown: Shutdown,
+    pub started: Instant,
+}

@@ -1,0 +1,196 @@
+//! Every limit the appliance enforces, in one place, named with its unit.
+//!
+//! A limit that is reached answers the client with a stable error code (protocol.md §9,
+//! api.md) and increments `aisle_limit_exceeded_total{limit="<field name>"}`, so an operator
+//! can see which one bites. Nothing already accepted is dropped when a limit is hit.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest WebSocket text frame we parse. Up to 4× this the frame is read and refused with
+    /// `frame_too_large`; beyond that the socket layer refuses to buffer it and closes (1009).
+    pub max_frame_bytes: usize,
+    /// Longest message body, in Unicode scalar values (characters).
+    pub max_message_chars: usize,
+    /// Longest client message id, in bytes.
+    pub max_client_msg_id_bytes: usize,
+    /// Steady rate of frames one connection may send, per second (token bucket refill).
+    pub max_frames_per_sec: u32,
+    /// Token bucket size: a burst of this many frames is allowed.
+    pub max_frames_burst: u32,
+    /// Sends of one connection waiting for their commit; past this the server stops reading
+    /// that connection (TCP back-pressure) until acks go out.
+    pub max_inflight_sends: usize,
+    /// Frames queued for one connection; a client that stops reading is dropped (`slow_consumer`).
+    pub max_outbound_frames: usize,
+    /// Commands queued for the writer thread; past this, sends get `overloaded`.
+    pub max_write_queue: usize,
+    /// Most commands the writer folds into one transaction (group commit).
+    pub max_batch_commands: usize,
+    /// Open WebSocket connections held by the process; past this, upgrades get HTTP 503.
+    pub max_connections: usize,
+    /// Messages one conversation may hold.
+    pub max_messages_per_conversation: u64,
+    /// Size of one conversation's Automerge document (compacted size plus pending increments).
+    pub max_document_bytes: usize,
+    /// Conversation documents kept in the writer's memory (LRU); others are loaded on demand.
+    pub max_hot_documents: usize,
+    /// History frames replayed for one `resume`; the client resumes again for more.
+    pub max_history_frames: usize,
+    /// Items per page of the HTTP API.
+    pub max_page_items: usize,
+    /// HTTP request body size.
+    pub max_http_body_bytes: usize,
+    /// Bytes tungstenite reads per socket read call (its 128 KiB default costs ~137 KB per idle
+    /// connection; 4 KiB costs ~9 KB, docs/MEASUREMENTS.md).
+    pub ws_read_buffer_bytes: usize,
+    /// Time a new connection has to send `hello`.
+    pub hello_timeout_ms: u64,
+    /// Interval of server pings.
+    pub heartbeat_interval_secs: u64,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// A write to a client socket that takes longer than this drops the connection (a
+    /// client that stopped reading must not hold its task forever).
+    pub write_timeout_ms: u64,
+    /// Time SIGTERM waits for connections to say goodbye and commits to finish.
+    pub shutdown_grace_ms: u64,
+    /// Concurrent password hashes (Argon2 costs ~20 MiB and tens of ms each).
+    pub max_concurrent_password_hashes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 16 * 1024,
+            max_message_chars: 4000,
+            max_client_msg_id_bytes: 64,
+            max_frames_per_sec: 100,
+            max_frames_burst: 200,
+            max_inflight_sends: 64,
+            max_outbound_frames: 1024,
+            max_write_queue: 16 * 1024,
+            max_batch_commands: 2048,
+            max_connections: 19_000,
+            max_messages_per_conversation: 20_000,
+            max_document_bytes: 8 * 1024 * 1024,
+            max_hot_documents: 2048,
+            max_history_frames: 1000,
+            max_page_items: 500,
+            max_http_body_bytes: 64 * 1024,
+            ws_read_buffer_bytes: 4 * 1024,
+            hello_timeout_ms: 10_000,
+            heartbeat_interval_secs: 20,
+            idle_timeout_secs: 60,
+            write_timeout_ms: 10_000,
+            shutdown_grace_ms: 5_000,
+            max_concurrent_password_hashes: 2,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks the values make sense together; called once at start so a bad config file fails
+    /// loudly instead of misbehaving later.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_message_chars", self.max_message_chars),
+            ("max_client_msg_id_bytes", self.max_client_msg_id_bytes),
+            ("max_inflight_sends", self.max_inflight_sends),
+            ("max_outbound_frames", self.max_outbound_frames),
+            ("max_write_queue", self.max_write_queue),
+            ("max_batch_commands", self.max_batch_commands),
+            ("max_connections", self.max_connections),
+            ("max_hot_documents", self.max_hot_documents),
+            ("max_history_frames", self.max_history_frames),
+            ("max_page_items", self.max_page_items),
+            ("ws_read_buffer_bytes", self.ws_read_buffer_bytes),
+            (
+                "max_concurrent_password_hashes",
+                self.max_concurrent_password_hashes,
+            ),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("limits.{name} must be greater than 0"));
+            }
+        }
+        if self.max_frames_per_sec == 0 || self.max_frames_burst == 0 {
+            return Err("limits.max_frames_per_sec and max_frames_burst must be > 0".into());
+        }
+        // A frame must be able to carry a full-length message (4 bytes per char in UTF-8, plus
+        // JSON around it), or the body limit would be unreachable.
+        if self.max_frame_bytes < self.max_message_chars + 256 {
+            return Err("limits.max_frame_bytes must exceed max_message_chars + 256".into());
+        }
+        if self.heartbeat_interval_secs == 0
+            || self.idle_timeout_secs <= self.heartbeat_interval_secs
+        {
+            return Err("limits.idle_timeout_secs must exceed heartbeat_interval_secs > 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Token bucket for one connection's inbound frames.
+#[derive(Debug)]
+pub struct RateLimiter {
+    tokens: f64,
+    burst: f64,
+    per_sec: f64,
+    last: std::time::Instant,
+}
+
+impl RateLimiter {
+    pub fn new(per_sec: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            per_sec: f64::from(per_sec),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes one token; false when the bucket is empty.
+    pub fn allow(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Limits::default().validate().unwrap();
+    }
+
+    #[test]
+    fn zero_limit_is_refused() {
+        let limits = Limits {
+            max_write_queue: 0,
+            ..Limits::default()
+        };
+        assert!(limits.validate().unwrap_err().contains("max_write_queue"));
+    }
+
+    #[test]
+    fn bucket_refuses_past_burst() {
+        let mut bucket = RateLimiter::new(1, 3);
+        assert!(bucket.allow() && bucket.allow() && bucket.allow());
+        assert!(!bucket.allow());
+    }
+}

@@ -1,0 +1,184 @@
+//! Prometheus metrics served at `GET /metrics`.
+//!
+//! One process-wide registry: metrics are counted from the writer thread, connection tasks and
+//! HTTP handlers alike, and the counters are lock-free atomics.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::error::Code;
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGaugeVec,
+    pub connections_total: IntCounterVec,
+    pub messages_persisted: IntCounter,
+    pub messages_duplicate: IntCounter,
+    pub frames_delivered: IntCounter,
+    pub commit_batch_commands: Histogram,
+    pub commit_seconds: Histogram,
+    pub write_queue_depth: IntGauge,
+    pub errors: IntCounterVec,
+    pub limit_exceeded: IntCounterVec,
+    pub hot_documents: IntGauge,
+    pub document_compactions: IntCounter,
+    pub conversations_started: IntCounter,
+    pub state_changes: IntCounterVec,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let connections = IntGaugeVec::new(
+            Opts::new("aisle_connections", "Open WebSocket connections by role"),
+            &["role"],
+        )
+        .expect("metric");
+        let connections_total = IntCounterVec::new(
+            Opts::new(
+                "aisle_connections_total",
+                "WebSocket connections accepted, by role (after hello)",
+            ),
+            &["role"],
+        )
+        .expect("metric");
+        let messages_persisted = IntCounter::new(
+            "aisle_messages_persisted_total",
+            "Chat messages committed to SQLite and acknowledged",
+        )
+        .expect("metric");
+        let messages_duplicate = IntCounter::new(
+            "aisle_messages_duplicate_total",
+            "Retried sends answered with the original ack (nothing stored)",
+        )
+        .expect("metric");
+        let frames_delivered = IntCounter::new(
+            "aisle_frames_delivered_total",
+            "Frames queued to subscribed connections by fan-out",
+        )
+        .expect("metric");
+        let commit_batch_commands = Histogram::with_opts(
+            HistogramOpts::new(
+                "aisle_commit_batch_commands",
+                "Commands folded into one SQLite transaction (group commit)",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+            ]),
+        )
+        .expect("metric");
+        let commit_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "aisle_commit_seconds",
+                "Time of one group-commit transaction, first statement to fsync",
+            )
+            .buckets(vec![
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .expect("metric");
+        let write_queue_depth = IntGauge::new(
+            "aisle_write_queue_depth",
+            "Commands waiting for the writer thread",
+        )
+        .expect("metric");
+        let errors = IntCounterVec::new(
+            Opts::new("aisle_errors_total", "Errors returned to clients, by code"),
+            &["code"],
+        )
+        .expect("metric");
+        let limit_exceeded = IntCounterVec::new(
+            Opts::new(
+                "aisle_limit_exceeded_total",
+                "Times a configured limit was reached, by limit name",
+            ),
+            &["limit"],
+        )
+        .expect("metric");
+        let hot_documents = IntGauge::new(
+            "aisle_hot_documents",
+            "Conversation documents held in the writer's memory",
+        )
+        .expect("metric");
+        let document_compactions = IntCounter::new(
+            "aisle_document_compactions_total",
+            "Conversation documents rewritten as one compacted save",
+        )
+        .expect("metric");
+        let conversations_started = IntCounter::new(
+            "aisle_conversations_started_total",
+            "Conversations opened by customers",
+        )
+        .expect("metric");
+        let state_changes = IntCounterVec::new(
+            Opts::new(
+                "aisle_state_changes_total",
+                "Session state events applied, by event kind",
+            ),
+            &["kind"],
+        )
+        .expect("metric");
+
+        for collector in [
+            Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_total.clone()),
+            Box::new(messages_persisted.clone()),
+            Box::new(messages_duplicate.clone()),
+            Box::new(frames_delivered.clone()),
+            Box::new(commit_batch_commands.clone()),
+            Box::new(commit_seconds.clone()),
+            Box::new(write_queue_depth.clone()),
+            Box::new(errors.clone()),
+            Box::new(limit_exceeded.clone()),
+            Box::new(hot_documents.clone()),
+            Box::new(document_compactions.clone()),
+            Box::new(conversations_started.clone()),
+            Box::new(state_changes.clone()),
+        ] {
+            registry.register(collector).expect("unique metric names");
+        }
+        Self {
+            registry,
+            connections,
+            connections_total,
+            messages_persisted,
+            messages_duplicate,
+            frames_delivered,
+            commit_batch_commands,
+            commit_seconds,
+            write_queue_depth,
+            errors,
+            limit_exceeded,
+            hot_documents,
+            document_compactions,
+            conversations_started,
+            state_changes,
+        }
+    }
+
+    pub fn error(&self, code: Code) {
+        self.errors.with_label_values(&[code.as_str()]).inc();
+    }
+
+    /// A limit was reached: counted and logged (at debug, as a flood of them must not flood the
+    /// log; the counter is what operators alert on).
+    pub fn limit(&self, name: &'static str) {
+        tracing::debug!(limit = name, "limit reached");
+        self.limit_exceeded.with_label_values(&[name]).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(err) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(error = %err, "encoding metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

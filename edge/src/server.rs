@@ -1,0 +1,232 @@
+//! Start-up, the HTTP router, the accept loop and the shutdown sequence.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::api;
+use crate::auth::{self, ResumeTokens};
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::error::{ApiError, Code, StartError};
+use crate::frame::StaffView;
+use crate::metrics::METRICS;
+use crate::shutdown::Shutdown;
+use crate::store::{self, queries, reader::Reader, writer::Writer};
+use crate::{App, connection};
+
+/// Reader threads: enough for history pages and lists beside the writer on a small box.
+const READER_THREADS: usize = 2;
+
+/// Runs the appliance until SIGTERM or Ctrl-C, then drains and returns.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&config.data).map_err(|source| StartError::DataDir {
+        path: config.data.clone(),
+        source,
+    })?;
+    let db_path = config.database_path();
+    let conn = store::open(&db_path)?;
+    let fresh = queries::count_staff(&conn).map_err(|e| StartError::Other(e.message))? == 0;
+    if fresh {
+        create_first_admin(&conn, &config)?;
+    }
+    let tokens =
+        ResumeTokens::load_or_create(&config.data).map_err(|source| StartError::DataDir {
+            path: config.data.clone(),
+            source,
+        })?;
+    let reader = Reader::open(&db_path, READER_THREADS, config.limits.max_write_queue)?;
+    let delivery = Arc::new(Delivery::new());
+    let (writer, writer_thread) = Writer::start(
+        conn,
+        config.limits.clone(),
+        config.store_id.clone(),
+        Arc::clone(&delivery),
+    )
+    .map_err(|e| StartError::Other(format!("starting the writer thread: {e}")))?;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let (shutdown, completion) = Shutdown::new();
+    let app = Arc::new(App {
+        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        password_hashes: Semaphore::new(config.limits.max_concurrent_password_hashes),
+        config,
+        writer: writer.clone(),
+        reader,
+        delivery,
+        tokens,
+        shutdown,
+        started,
+    });
+    let router = router(Arc::clone(&app));
+    tracing::info!(
+        addr = %local,
+        store_id = %app.config.store_id,
+        ready_ms = started.elapsed().as_millis() as u64,
+        "aisle-edge listening"
+    );
+
+    // Nagle + delayed ACK cost an order of magnitude on small frames (MEASUREMENTS.md).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "TCP_NODELAY");
+        }
+    });
+    let signal_app = Arc::clone(&app);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: telling clients, finishing commits");
+            signal_app.shutdown.trigger();
+        })
+        .await
+        .map_err(|e| StartError::Other(format!("server: {e}")))?;
+
+    // HTTP has stopped accepting; WebSocket tasks are saying goodbye.
+    let grace = Duration::from_millis(app.config.limits.shutdown_grace_ms * 2);
+    if tokio::time::timeout(grace, completion.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish within the grace period");
+    }
+    writer.stop();
+    drop(app);
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let body_limit = app.config.limits.max_http_body_bytes;
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/metrics", get(api::metrics))
+        .route("/ws", get(upgrade))
+        .route("/api/login", post(api::login))
+        .route("/api/logout", post(api::logout))
+        .route("/api/me", get(api::me))
+        .route("/api/staff", get(api::list_staff).post(api::create_staff))
+        .route("/api/staff/{id}", axum::routing::patch(api::update_staff))
+        .route(
+            "/api/canned-replies",
+            get(api::list_canned).post(api::create_canned),
+        )
+        .route(
+            "/api/canned-replies/{id}",
+            put(api::update_canned).delete(api::delete_canned),
+        )
+        .route("/api/conversations", get(api::list_conversations))
+        .route("/api/conversations/{id}", get(api::get_conversation))
+        .route(
+            "/api/conversations/{id}/messages",
+            get(api::conversation_messages),
+        )
+        .route(
+            "/api/conversations/{id}/actions",
+            post(api::conversation_action),
+        )
+        .route(
+            "/api/customers/{id}/conversations",
+            get(api::customer_conversations),
+        )
+        .route("/api/handoff/{code}", post(api::redeem_handoff))
+        .fallback(api::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(app)
+}
+
+async fn upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response {
+    if app.shutdown.is_triggered() {
+        return ApiError::new(Code::ShuttingDown, "the appliance is stopping").into_response();
+    }
+    let Ok(permit) = Arc::clone(&app.connections).try_acquire_owned() else {
+        METRICS.limit("max_connections");
+        tracing::warn!(
+            max_connections = app.config.limits.max_connections,
+            "connection limit reached; refusing new WebSocket connections"
+        );
+        return ApiError::new(
+            Code::TooManyConnections,
+            "the appliance holds max_connections connections; retry shortly",
+        )
+        .into_response();
+    };
+    let limits = &app.config.limits;
+    // Frames up to 4× the limit are read and answered with `frame_too_large`; beyond that
+    // tungstenite refuses to buffer them at all.
+    let hard_cap = limits.max_frame_bytes * 4;
+    ws.read_buffer_size(limits.ws_read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .on_upgrade(move |socket| connection::serve(app, socket, permit))
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
+
+/// An empty store gets one admin account; its login is printed once, on stdout.
+fn create_first_admin(conn: &rusqlite::Connection, config: &Config) -> Result<(), StartError> {
+    let (password, generated) = match &config.first_admin_password {
+        Some(password) => (password.clone(), false),
+        None => (auth::random_password(), true),
+    };
+    let hash = auth::hash_password(&password).map_err(|e| StartError::Other(e.message))?;
+    let staff = StaffView {
+        id: aisle_sync::StaffId::new(),
+        username: "admin".into(),
+        name: "Store admin".into(),
+        role: "admin".into(),
+        capacity: config.routing.capacity_per_staff,
+        disabled: false,
+    };
+    api::insert_staff(conn, &staff, &hash).map_err(|e| StartError::Other(e.message))?;
+    if generated {
+        println!(
+            "aisle-edge: created the first staff account: username=admin password={password} \
+             (shown once; change it in the admin page)"
+        );
+    } else {
+        println!(
+            "aisle-edge: created the first staff account: username=admin (password from configuration)"
+        );
+    }
+    Ok(())
+}

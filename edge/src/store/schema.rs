@@ -1,0 +1,181 @@
+//! The SQLite schema and its versioned migrations.
+//!
+//! `PRAGMA user_version` holds the number of migrations applied. Each migration runs in its
+//! own transaction; a database newer than this binary is refused rather than guessed at.
+
+use rusqlite::Connection;
+
+use crate::error::StartError;
+
+/// Applied in order; never edit one that has shipped, add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the chat core.
+    r#"
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE staff (
+        id            TEXT PRIMARY KEY,
+        username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        name          TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        role          TEXT NOT NULL CHECK (role IN ('staff', 'admin')),
+        capacity      INTEGER NOT NULL CHECK (capacity >= 0),
+        disabled      INTEGER NOT NULL DEFAULT 0,
+        created_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    -- Only the SHA-256 of a session token is stored.
+    CREATE TABLE sessions (
+        token_hash    BLOB PRIMARY KEY,
+        staff_id      TEXT NOT NULL REFERENCES staff(id),
+        created_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_staff ON sessions(staff_id);
+
+    CREATE TABLE customers (
+        id            TEXT PRIMARY KEY,
+        display_name  TEXT NOT NULL DEFAULT '',
+        created_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    -- One row per conversation. status/agent/... are an index over the conversation
+    -- document's event log (the document is the truth; these columns are rewritten from its
+    -- fold in the same transaction as every event).
+    CREATE TABLE conversations (
+        rowid              INTEGER PRIMARY KEY,
+        id                 TEXT NOT NULL UNIQUE,
+        customer_id        TEXT NOT NULL,
+        status             TEXT NOT NULL,
+        agent_id           TEXT,
+        previous_agent_id  TEXT,
+        snoozed_until_ms   INTEGER,
+        state_version      INTEGER NOT NULL DEFAULT 0,
+        last_seq           INTEGER NOT NULL DEFAULT 0,
+        created_at_ms      INTEGER NOT NULL,
+        last_message_at_ms INTEGER,
+        first_response_at_ms INTEGER,
+        resolved_at_ms     INTEGER,
+        doc_bytes          INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX conversations_status ON conversations(status, created_at_ms);
+    CREATE INDEX conversations_agent ON conversations(agent_id, status);
+    CREATE INDEX conversations_customer ON conversations(customer_id, created_at_ms);
+
+    -- Messages as rows, for history pages and resume; the same messages live in the
+    -- conversation document (for sync). Both are written in one transaction.
+    CREATE TABLE messages (
+        rowid         INTEGER PRIMARY KEY,
+        conversation  INTEGER NOT NULL REFERENCES conversations(rowid),
+        seq           INTEGER NOT NULL,
+        id            TEXT NOT NULL,
+        client_msg_id TEXT NOT NULL,
+        sender_kind   TEXT NOT NULL,
+        sender_id     TEXT,
+        body          TEXT NOT NULL,
+        sent_at_ms    INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX messages_seq ON messages(conversation, seq);
+    -- A retried send finds its first copy here: this is what makes retries idempotent.
+    CREATE UNIQUE INDEX messages_client ON messages(conversation, client_msg_id);
+
+    -- Session events, as rows for the HTTP API and audits (the document holds them too).
+    CREATE TABLE events (
+        conversation INTEGER NOT NULL REFERENCES conversations(rowid),
+        id           TEXT NOT NULL,
+        body         TEXT NOT NULL,
+        at_ms        INTEGER NOT NULL,
+        PRIMARY KEY (conversation, id)
+    ) WITHOUT ROWID;
+
+    -- The Automerge document of each conversation: a compacted save followed by incremental
+    -- chunks, concatenated in `n` order on load.
+    CREATE TABLE doc_chunks (
+        conversation INTEGER NOT NULL REFERENCES conversations(rowid),
+        n            INTEGER NOT NULL,
+        bytes        BLOB NOT NULL,
+        PRIMARY KEY (conversation, n)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE read_cursors (
+        conversation INTEGER NOT NULL REFERENCES conversations(rowid),
+        participant  TEXT NOT NULL,
+        seq          INTEGER NOT NULL,
+        PRIMARY KEY (conversation, participant)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE canned_replies (
+        id            TEXT PRIMARY KEY,
+        shortcut      TEXT NOT NULL,
+        title         TEXT NOT NULL,
+        body          TEXT NOT NULL,
+        updated_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE handoffs (
+        code            TEXT PRIMARY KEY,
+        customer_id     TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        expires_at_ms   INTEGER NOT NULL,
+        used_at_ms      INTEGER
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// Number of migrations this binary knows.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+pub fn migrate(conn: &mut Connection) -> Result<(), StartError> {
+    let current: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(StartError::Schema(format!(
+            "database has schema version {current}, this aisle-edge knows up to {SCHEMA_VERSION}; \
+             refusing to open it (upgrade aisle-edge)"
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index as u32 + 1;
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        tracing::info!(version, "applied schema migration");
+    }
+    Ok(())
+}
+
+/// Pragmas for every connection: WAL so readers never block the writer, FULL sync so a
+/// committed transaction (and so an acknowledged message) survives power loss.
+pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "busy_timeout", 5000)?;
+    conn.pragma_update(None, "cache_size", -16_000)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut conn = Connection::open(&path).unwrap();
+        configure(&conn).unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        assert!(matches!(migrate(&mut conn), Err(StartError::Schema(_))));
+    }
+}

@@ -1,0 +1,717 @@
+//! The conversation document.
+//!
+//! # Layout
+//!
+//! One Automerge document per conversation; its root map holds exactly four entries, all created
+//! by [`Conversation::create`]:
+//!
+//! | root key       | type | contents                                                          |
+//! |----------------|------|-------------------------------------------------------------------|
+//! | `meta`         | bytes| JSON of [`Meta`] (written once, by the creator)                    |
+//! | `participants` | map  | `customer:<id>` / `staff:<id>` / `bot` / `system` → JSON of [`ParticipantRecord`] |
+//! | `messages`     | map  | message id (ULID string) → JSON of [`MessageRecord`]              |
+//! | `events`       | map  | event id (ULID string) → JSON of [`Event`]                        |
+//!
+//! Records are stored as opaque JSON byte scalars rather than as nested Automerge maps because
+//! they are immutable (or, for participants, replaced whole): there is nothing to merge field by
+//! field, and a scalar costs one op instead of one op per field. Keying by id makes concurrent
+//! inserts of *different* records commute (different keys never conflict) and retries of the
+//! *same* record idempotent.
+//!
+//! Nothing is ordered by Automerge: messages are displayed by `(sent_at_ms, id)` and the session
+//! state is [`fold`]ed from the event set, so the document's internal order never leaks out.
+//!
+//! # Only the creator creates the skeleton
+//!
+//! Two peers that each call `create` for the same conversation produce two different `messages`
+//! maps under the same root key. Automerge keeps both but shows only one, so the other side's
+//! messages silently disappear. Hence exactly one peer creates; every other peer starts from
+//! [`Conversation::load`] of bytes it received (or, later, from the sync protocol).
+//! [`Conversation::merge`] refuses to combine documents whose skeletons differ.
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValueRef, ValueRef};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::SCHEMA_VERSION;
+use crate::error::SyncError;
+use crate::ids::{ConversationId, CustomerId, MessageId, Participant};
+use crate::session::{Event, Fold, fold};
+
+const META: &str = "meta";
+const PARTICIPANTS: &str = "participants";
+const MESSAGES: &str = "messages";
+const EVENTS: &str = "events";
+const CONTAINERS: [&str; 3] = [PARTICIPANTS, MESSAGES, EVENTS];
+
+/// Facts fixed when the conversation is opened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub id: ConversationId,
+    pub store_id: String,
+    pub customer: CustomerId,
+    pub created_at_ms: u64,
+    /// The document layout version ([`SCHEMA_VERSION`] when written by this crate).
+    pub schema_version: u32,
+}
+
+impl Meta {
+    /// Meta for a new conversation at the current [`SCHEMA_VERSION`].
+    pub fn new(
+        id: ConversationId,
+        store_id: impl Into<String>,
+        customer: CustomerId,
+        created_at_ms: u64,
+    ) -> Self {
+        Meta {
+            id,
+            store_id: store_id.into(),
+            customer,
+            created_at_ms,
+            schema_version: SCHEMA_VERSION,
+        }
+    }
+}
+
+/// Someone taking part in the conversation, as shown to the others.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantRecord {
+    pub participant: Participant,
+    pub display_name: String,
+    pub joined_at_ms: u64,
+}
+
+/// One chat message. Immutable once written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub id: MessageId,
+    /// The sending client's own id for the message, so the client can match its optimistic copy.
+    pub client_msg_id: String,
+    pub sender: Participant,
+    pub body: String,
+    pub sent_at_ms: u64,
+}
+
+/// A conversation replica: an Automerge document plus the bookkeeping for incremental saves.
+///
+/// Deliberately not `Clone`: a clone would share the Automerge actor id, and two replicas writing
+/// under one actor id corrupt each other's history. Use [`Conversation::fork`].
+#[derive(Debug)]
+pub struct Conversation {
+    doc: AutoCommit,
+    /// Heads as of the last `save`/`save_incremental` (or `load`): everything after them is what
+    /// the next `save_incremental` must return. Tracked here rather than relying on
+    /// `AutoCommit`'s own cursor, which `AutoCommit::load` leaves empty (so the first incremental
+    /// save after a load would re-emit the whole history).
+    saved_heads: Vec<ChangeHash>,
+}
+
+impl Conversation {
+    /// Only the peer that opens a conversation creates its document; every other peer receives it
+    /// by sync/load (two independently created skeletons conflict and hide each other's data).
+    pub fn create(meta: &Meta) -> Result<Self, SyncError> {
+        let mut doc = AutoCommit::new();
+        doc.put(ROOT, META, encode(meta))?;
+        for name in CONTAINERS {
+            doc.put_object(ROOT, name, ObjType::Map)?;
+        }
+        doc.commit();
+        Ok(Conversation {
+            doc,
+            saved_heads: Vec::new(),
+        })
+    }
+
+    /// Loads a document from `save()` output, optionally followed by any number of
+    /// `save_incremental()` chunks concatenated (the append-only storage format). Truncated or
+    /// checksum-failing chunks are an error rather than being silently dropped.
+    pub fn load(bytes: &[u8]) -> Result<Self, SyncError> {
+        let mut doc = AutoCommit::load(bytes)?;
+        let saved_heads = doc.get_heads();
+        let conversation = Conversation { doc, saved_heads };
+        conversation.meta()?;
+        for name in CONTAINERS {
+            conversation.container(name)?;
+        }
+        Ok(conversation)
+    }
+
+    /// The conversation's fixed facts.
+    pub fn meta(&self) -> Result<Meta, SyncError> {
+        match self.doc.get(ROOT, META)? {
+            None => Err(SyncError::MissingSchema(META)),
+            Some((value, _)) => decode(value.as_bytes(), "meta", META),
+        }
+    }
+
+    /// Adds or replaces (keyed by participant) a participant record. Writing a record identical
+    /// to the stored one is a no-op, so repeated joins do not grow the document.
+    pub fn put_participant(&mut self, p: &ParticipantRecord) -> Result<(), SyncError> {
+        let obj = self.container(PARTICIPANTS)?;
+        let key = p.participant.to_string();
+        let bytes = encode(p);
+        if let Some((value, _)) = self.doc.get(&obj, key.as_str())?
+            && value.as_bytes() == Some(bytes.as_slice())
+        {
+            return Ok(());
+        }
+        self.doc.put(&obj, key, bytes)?;
+        self.doc.commit();
+        Ok(())
+    }
+
+    /// All participants, ordered by their map key.
+    pub fn participants(&self) -> Result<Vec<ParticipantRecord>, SyncError> {
+        self.records(PARTICIPANTS, "participant")
+    }
+
+    /// Messages are immutable: one scalar (JSON bytes) in a map keyed by message id. Returns false
+    /// (and changes nothing) if that id is already present — idempotent retries.
+    pub fn add_message(&mut self, m: &MessageRecord) -> Result<bool, SyncError> {
+        self.insert_once(MESSAGES, &m.id.to_string(), encode(m))
+    }
+
+    /// The message with this id, if present.
+    pub fn message(&self, id: MessageId) -> Result<Option<MessageRecord>, SyncError> {
+        let obj = self.container(MESSAGES)?;
+        let key = id.to_string();
+        match self.doc.get(&obj, key.as_str())? {
+            None => Ok(None),
+            Some((value, _)) => {
+                let record: MessageRecord = decode(value.as_bytes(), "message", &key)?;
+                check_key(record.id.to_string(), "message", &key)?;
+                Ok(Some(record))
+            }
+        }
+    }
+
+    /// Number of messages (0 if the document has no `messages` container, which `load` rules
+    /// out).
+    pub fn message_count(&self) -> usize {
+        self.container(MESSAGES)
+            .map(|obj| self.doc.length(&obj))
+            .unwrap_or(0)
+    }
+
+    /// Display order is (sent_at_ms, id), never insertion order.
+    pub fn messages(&self) -> Result<Vec<MessageRecord>, SyncError> {
+        let mut records: Vec<MessageRecord> = self.records(MESSAGES, "message")?;
+        records.sort_by_key(|m| (m.sent_at_ms, m.id));
+        Ok(records)
+    }
+
+    /// Appends a session event, keyed by event id; idempotent like [`Self::add_message`].
+    pub fn add_event(&mut self, e: &Event) -> Result<bool, SyncError> {
+        self.insert_once(EVENTS, &e.id.to_string(), encode(e))
+    }
+
+    /// All session events, in id order (use [`Self::fold`] for their meaning).
+    pub fn events(&self) -> Result<Vec<Event>, SyncError> {
+        self.records(EVENTS, "event")
+    }
+
+    /// The session state folded from the events.
+    pub fn fold(&self) -> Result<Fold, SyncError> {
+        Ok(fold(&self.events()?))
+    }
+
+    /// The whole document in Automerge's compact format. Resets the incremental-save cursor.
+    pub fn save(&mut self) -> Vec<u8> {
+        let bytes = self.doc.save();
+        self.saved_heads = self.doc.get_heads();
+        bytes
+    }
+
+    /// The changes since the previous save/save_incremental; empty Vec if nothing changed.
+    ///
+    /// Includes changes received by `merge`, not just local ones. The chunks can be appended
+    /// after the last `save()` output and handed to [`Self::load`] as one byte string.
+    pub fn save_incremental(&mut self) -> Vec<u8> {
+        let bytes = self.doc.save_after(&self.saved_heads);
+        self.saved_heads = self.doc.get_heads();
+        bytes
+    }
+
+    /// Pulls every change of `other` that this replica lacks (`other` is only read, but Automerge
+    /// needs `&mut` to close its pending transaction).
+    ///
+    /// Refuses documents that are not replicas of this one: a different conversation id, or the
+    /// same id with a separately created skeleton (invariant 1), because merging either would
+    /// hide one side's messages.
+    pub fn merge(&mut self, other: &mut Conversation) -> Result<(), SyncError> {
+        if self.meta()?.id != other.meta()?.id {
+            return Err(SyncError::ForeignDocument("different conversation ids"));
+        }
+        for name in CONTAINERS {
+            if self.container(name)? != other.container(name)? {
+                return Err(SyncError::ForeignDocument(
+                    "the conversation was created twice (different skeletons)",
+                ));
+            }
+        }
+        self.doc.merge(&mut other.doc)?;
+        Ok(())
+    }
+
+    /// A replica with a new actor id (used by tests and later by sync). Its incremental-save
+    /// cursor starts empty: it has saved nothing yet.
+    pub fn fork(&mut self) -> Conversation {
+        Conversation {
+            doc: self.doc.fork(),
+            saved_heads: Vec::new(),
+        }
+    }
+
+    /// The current Automerge heads (identify this replica's version for sync and tests).
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// The object id of a root container, checking it is a map.
+    fn container(&self, name: &'static str) -> Result<ObjId, SyncError> {
+        match self.doc.get(ROOT, name)? {
+            None => Err(SyncError::MissingSchema(name)),
+            Some((automerge::Value::Object(ObjType::Map), obj)) => Ok(obj),
+            Some(_) => Err(SyncError::Corrupt {
+                what: "container",
+                key: name.to_owned(),
+            }),
+        }
+    }
+
+    /// Writes `bytes` under `key` unless the key already exists; true if written.
+    fn insert_once(
+        &mut self,
+        container: &'static str,
+        key: &str,
+        bytes: Vec<u8>,
+    ) -> Result<bool, SyncError> {
+        let obj = self.container(container)?;
+        if self.doc.get(&obj, key)?.is_some() {
+            return Ok(false);
+        }
+        self.doc.put(&obj, key, bytes)?;
+        self.doc.commit();
+        Ok(true)
+    }
+
+    /// Decodes every value of a container, in key order. Records that carry their own id must
+    /// match their key (a mismatch means a buggy writer, and would break idempotency).
+    fn records<T: DeserializeOwned + Keyed>(
+        &self,
+        container: &'static str,
+        what: &'static str,
+    ) -> Result<Vec<T>, SyncError> {
+        let obj = self.container(container)?;
+        self.doc
+            .map_range(&obj, ..)
+            .map(|item| {
+                let bytes = match &item.value {
+                    ValueRef::Scalar(ScalarValueRef::Bytes(b)) => Some(b.as_ref()),
+                    _ => None,
+                };
+                let record: T = decode(bytes, what, &item.key)?;
+                check_key(record.key(), what, &item.key)?;
+                Ok(record)
+            })
+            .collect()
+    }
+}
+
+/// Records whose document key is derived from their content.
+trait Keyed {
+    fn key(&self) -> String;
+}
+
+impl Keyed for MessageRecord {
+    fn key(&self) -> String {
+        self.id.to_string()
+    }
+}
+
+impl Keyed for Event {
+    fn key(&self) -> String {
+        self.id.to_string()
+    }
+}
+
+impl Keyed for ParticipantRecord {
+    fn key(&self) -> String {
+        self.participant.to_string()
+    }
+}
+
+fn check_key(actual: String, what: &'static str, key: &str) -> Result<(), SyncError> {
+    if actual == key {
+        Ok(())
+    } else {
+        Err(SyncError::Corrupt {
+            what,
+            key: key.to_owned(),
+        })
+    }
+}
+
+/// JSON-encodes a record for storage as a bytes scalar.
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Invariant: these are plain derive(Serialize) structs with string-keyed fields, which
+    // serde_json cannot fail to write into a Vec.
+    serde_json::to_vec(value).expect("records always serialise to JSON")
+}
+
+/// Decodes a bytes scalar; anything else (wrong scalar type, bad JSON) is `Corrupt`.
+fn decode<T: DeserializeOwned>(
+    bytes: Option<&[u8]>,
+    what: &'static str,
+    key: &str,
+) -> Result<T, SyncError> {
+    bytes
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .ok_or_else(|| SyncError::Corrupt {
+            what,
+            key: key.to_owned(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::Hlc;
+    use crate::ids::{EventId, StaffId};
+    use crate::session::{EventKind, Status};
+    use ulid::Ulid;
+
+    fn meta() -> Meta {
+        Meta::new(
+            ConversationId::from_ulid(Ulid(1)),
+            "store-42",
+            CustomerId::from_ulid(Ulid(2)),
+            1_000,
+        )
+    }
+
+    fn msg(n: u128, at: u64) -> MessageRecord {
+        MessageRecord {
+            id: MessageId::from_ulid(Ulid(n)),
+            client_msg_id: format!("c{n}"),
+            sender: Participant::Customer(CustomerId::from_ulid(Ulid(2))),
+            body: format!("hello {n}"),
+            sent_at_ms: at,
+        }
+    }
+
+    fn new_doc() -> Conversation {
+        Conversation::create(&meta()).expect("create")
+    }
+
+    #[test]
+    fn create_writes_meta_and_empty_containers() {
+        let c = new_doc();
+        assert_eq!(c.meta().expect("meta"), meta());
+        assert_eq!(c.meta().expect("meta").schema_version, SCHEMA_VERSION);
+        assert_eq!(c.message_count(), 0);
+        assert!(c.messages().expect("messages").is_empty());
+        assert!(c.participants().expect("participants").is_empty());
+        assert!(c.events().expect("events").is_empty());
+    }
+
+    #[test]
+    fn round_trip_through_save_and_load() {
+        let mut c = new_doc();
+        for (n, at) in [(10, 5), (11, 6), (12, 7)] {
+            assert!(c.add_message(&msg(n, at)).expect("add"));
+        }
+        let p = ParticipantRecord {
+            participant: Participant::Bot,
+            display_name: "Aisle bot".into(),
+            joined_at_ms: 3,
+        };
+        c.put_participant(&p).expect("participant");
+        let loaded = Conversation::load(&c.save()).expect("load");
+        assert_eq!(loaded.meta().expect("meta"), meta());
+        assert_eq!(loaded.messages().expect("m"), c.messages().expect("m"));
+        assert_eq!(loaded.message_count(), 3);
+        assert_eq!(loaded.participants().expect("p"), vec![p]);
+        assert_eq!(
+            loaded.message(MessageId::from_ulid(Ulid(11))).expect("get"),
+            Some(msg(11, 6))
+        );
+        assert_eq!(
+            loaded.message(MessageId::from_ulid(Ulid(99))).expect("get"),
+            None
+        );
+    }
+
+    #[test]
+    fn save_plus_incremental_chunks_concatenated_load() {
+        let mut c = new_doc();
+        c.add_message(&msg(10, 1)).expect("add");
+        let mut storage = c.save();
+        assert!(
+            c.save_incremental().is_empty(),
+            "nothing changed since save"
+        );
+        c.add_message(&msg(11, 2)).expect("add");
+        let chunk1 = c.save_incremental();
+        assert!(!chunk1.is_empty());
+        assert!(c.save_incremental().is_empty());
+        c.add_message(&msg(12, 3)).expect("add");
+        c.add_event(&Event {
+            id: EventId::from_ulid(Ulid(50)),
+            kind: EventKind::Claim {
+                agent: StaffId::from_ulid(Ulid(7)),
+            },
+            actor: Participant::Staff(StaffId::from_ulid(Ulid(7))),
+            hlc: Hlc::new(10, 0),
+            prev: None,
+        })
+        .expect("event");
+        let chunk2 = c.save_incremental();
+        storage.extend_from_slice(&chunk1);
+        storage.extend_from_slice(&chunk2);
+
+        let mut loaded = Conversation::load(&storage).expect("load concatenated");
+        assert_eq!(loaded.messages().expect("m"), c.messages().expect("m"));
+        assert_eq!(loaded.fold().expect("fold"), c.fold().expect("fold"));
+        assert_eq!(loaded.heads(), c.heads());
+        // Everything loaded is already on disk: nothing to append.
+        assert!(loaded.save_incremental().is_empty());
+        loaded.add_message(&msg(13, 4)).expect("add");
+        let chunk3 = loaded.save_incremental();
+        storage.extend_from_slice(&chunk3);
+        assert_eq!(
+            Conversation::load(&storage).expect("load").message_count(),
+            4
+        );
+    }
+
+    #[test]
+    fn incremental_chunks_alone_load_when_they_cover_the_history() {
+        let mut c = new_doc();
+        c.add_message(&msg(10, 1)).expect("add");
+        let mut log = c.save_incremental();
+        c.add_message(&msg(11, 2)).expect("add");
+        log.extend(c.save_incremental());
+        let loaded = Conversation::load(&log).expect("load changes only");
+        assert_eq!(loaded.messages().expect("m"), c.messages().expect("m"));
+    }
+
+    #[test]
+    fn incremental_save_includes_merged_changes() {
+        let mut a = new_doc();
+        let base = a.save();
+        let mut b = a.fork();
+        b.add_message(&msg(20, 1)).expect("add");
+        a.merge(&mut b).expect("merge");
+        let mut storage = base;
+        storage.extend(a.save_incremental());
+        assert_eq!(
+            Conversation::load(&storage).expect("load").message_count(),
+            1
+        );
+    }
+
+    #[test]
+    fn torn_tail_is_an_error() {
+        let mut c = new_doc();
+        let mut storage = c.save();
+        c.add_message(&msg(10, 1)).expect("add");
+        let chunk = c.save_incremental();
+        storage.extend_from_slice(&chunk[..chunk.len() - 3]);
+        assert!(matches!(
+            Conversation::load(&storage),
+            Err(SyncError::Automerge(_))
+        ));
+    }
+
+    #[test]
+    fn load_rejects_non_conversations() {
+        assert!(matches!(
+            Conversation::load(&[]),
+            Err(SyncError::MissingSchema("meta"))
+        ));
+        assert!(matches!(
+            Conversation::load(b"definitely not automerge"),
+            Err(SyncError::Automerge(_))
+        ));
+        let mut other = AutoCommit::new();
+        other.put(ROOT, META, encode(&meta())).expect("put");
+        assert!(matches!(
+            Conversation::load(&other.save()),
+            Err(SyncError::MissingSchema(PARTICIPANTS))
+        ));
+    }
+
+    #[test]
+    fn add_message_is_idempotent() {
+        let mut c = new_doc();
+        assert!(c.add_message(&msg(10, 1)).expect("add"));
+        c.save();
+        let heads = c.heads();
+        // Same id, even with different content: the first write stands.
+        let mut changed = msg(10, 1);
+        changed.body = "edited".into();
+        assert!(!c.add_message(&msg(10, 1)).expect("add"));
+        assert!(!c.add_message(&changed).expect("add"));
+        assert_eq!(c.heads(), heads, "a retry must not create a change");
+        assert!(c.save_incremental().is_empty());
+        assert_eq!(c.message_count(), 1);
+        assert_eq!(c.messages().expect("m"), vec![msg(10, 1)]);
+    }
+
+    #[test]
+    fn messages_are_ordered_by_time_then_id() {
+        let mut c = new_doc();
+        // Inserted out of order; ids 30 and 31 share a timestamp.
+        for (n, at) in [(31, 5), (40, 1), (30, 5), (10, 9), (20, 3)] {
+            c.add_message(&msg(n, at)).expect("add");
+        }
+        let order: Vec<u128> = c
+            .messages()
+            .expect("m")
+            .iter()
+            .map(|m| m.id.as_ulid().0)
+            .collect();
+        assert_eq!(order, vec![40, 20, 30, 31, 10]);
+    }
+
+    #[test]
+    fn put_participant_overwrites_by_participant() {
+        let mut c = new_doc();
+        let staff = Participant::Staff(StaffId::from_ulid(Ulid(7)));
+        let mut rec = ParticipantRecord {
+            participant: staff.clone(),
+            display_name: "Sam".into(),
+            joined_at_ms: 1,
+        };
+        c.put_participant(&rec).expect("put");
+        let heads = c.heads();
+        c.put_participant(&rec).expect("identical put");
+        assert_eq!(c.heads(), heads, "identical re-put is a no-op");
+        rec.display_name = "Sam (floor)".into();
+        c.put_participant(&rec).expect("put");
+        c.put_participant(&ParticipantRecord {
+            participant: Participant::System,
+            display_name: "Aisle".into(),
+            joined_at_ms: 0,
+        })
+        .expect("put");
+        let all = c.participants().expect("p");
+        assert_eq!(all.len(), 2);
+        assert!(all.contains(&rec));
+    }
+
+    #[test]
+    fn events_round_trip_and_fold() {
+        let mut c = new_doc();
+        let agent = StaffId::from_ulid(Ulid(7));
+        let claim = Event {
+            id: EventId::from_ulid(Ulid(50)),
+            kind: EventKind::Claim { agent },
+            actor: Participant::Staff(agent),
+            hlc: Hlc::new(10, 0),
+            prev: None,
+        };
+        let resolve = Event {
+            id: EventId::from_ulid(Ulid(51)),
+            kind: EventKind::Resolve,
+            actor: Participant::Staff(agent),
+            hlc: Hlc::new(11, 0),
+            prev: Some(claim.id),
+        };
+        assert!(c.add_event(&resolve).expect("add"));
+        assert!(c.add_event(&claim).expect("add"));
+        assert!(!c.add_event(&claim).expect("retry"));
+        let loaded = Conversation::load(&c.save()).expect("load");
+        assert_eq!(loaded.events().expect("events"), vec![claim, resolve]);
+        let f = loaded.fold().expect("fold");
+        assert_eq!(f.state.status, Status::Resolved);
+        assert_eq!(f.state.agent, Some(agent));
+        assert_eq!(f.state.applied, 2);
+    }
+
+    #[test]
+    fn undecodable_values_are_corrupt_not_panics() {
+        let mut c = new_doc();
+        let messages = c.container(MESSAGES).expect("messages");
+        let key = MessageId::from_ulid(Ulid(10)).to_string();
+        c.doc
+            .put(&messages, key.as_str(), "a string, not bytes")
+            .expect("put");
+        match c.messages() {
+            Err(SyncError::Corrupt { what, key: k }) => {
+                assert_eq!(what, "message");
+                assert_eq!(k, key);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            c.message(MessageId::from_ulid(Ulid(10))),
+            Err(SyncError::Corrupt { .. })
+        ));
+
+        // Valid JSON under the wrong key is also corrupt.
+        let mut c = new_doc();
+        let messages = c.container(MESSAGES).expect("messages");
+        c.doc
+            .put(&messages, "01ARZ3NDEKTSV4RRFFQ69G5FAV", encode(&msg(10, 1)))
+            .expect("put");
+        assert!(matches!(c.messages(), Err(SyncError::Corrupt { .. })));
+
+        let mut c = new_doc();
+        let events = c.container(EVENTS).expect("events");
+        c.doc.put(&events, "x", vec![1u8, 2, 3]).expect("put");
+        assert!(matches!(
+            c.fold(),
+            Err(SyncError::Corrupt { what: "event", .. })
+        ));
+
+        let mut c = new_doc();
+        c.doc.put(ROOT, META, b"{}".to_vec()).expect("put");
+        assert!(matches!(
+            c.meta(),
+            Err(SyncError::Corrupt { what: "meta", .. })
+        ));
+        let bytes = c.save();
+        assert!(matches!(
+            Conversation::load(&bytes),
+            Err(SyncError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn fork_and_merge_combine_concurrent_messages() {
+        let mut a = new_doc();
+        let mut b = a.fork();
+        a.add_message(&msg(10, 2)).expect("add");
+        b.add_message(&msg(11, 1)).expect("add");
+        // The same retry landing on both replicas stays one message.
+        a.add_message(&msg(12, 3)).expect("add");
+        b.add_message(&msg(12, 3)).expect("add");
+        a.merge(&mut b).expect("merge");
+        b.merge(&mut a).expect("merge");
+        assert_eq!(a.messages().expect("m"), b.messages().expect("m"));
+        assert_eq!(a.message_count(), 3);
+        assert_eq!(a.heads(), b.heads());
+    }
+
+    #[test]
+    fn merge_refuses_foreign_documents() {
+        let mut a = new_doc();
+        // Same conversation created twice: invariant 1 violated.
+        let mut twin = new_doc();
+        assert!(matches!(
+            a.merge(&mut twin),
+            Err(SyncError::ForeignDocument(_))
+        ));
+        let mut other_meta = meta();
+        other_meta.id = ConversationId::from_ulid(Ulid(77));
+        let mut other = Conversation::create(&other_meta).expect("create");
+        assert!(matches!(
+            a.merge(&mut other),
+            Err(SyncError::ForeignDocument(_))
+        ));
+        assert_eq!(a.meta().expect("meta"), meta());
+    }
+}

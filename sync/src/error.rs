@@ -1,0 +1,42 @@
+//! The one error type of the crate.
+//!
+//! Kept deliberately small: callers (the edge, later the hub) mostly need to tell "the bytes are
+//! bad" (`Automerge`, `Corrupt`, `MissingSchema`) apart from "the caller passed something bad"
+//! (`InvalidId`, `InvalidStatus`, `ForeignDocument`).
+
+/// Everything that can go wrong in `aisle-sync`.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// A string that should have been a ULID was not (the offending input is kept for the log).
+    #[error("invalid id {0:?}")]
+    InvalidId(String),
+
+    /// A string that should have been a session [`Status`](crate::Status) was not.
+    #[error("invalid session status {0:?}")]
+    InvalidStatus(String),
+
+    /// Automerge refused the bytes or the operation (bad checksum, truncated chunk, ...).
+    #[error(transparent)]
+    Automerge(#[from] automerge::AutomergeError),
+
+    /// A value in the document did not decode as the record it should hold. Reported instead of
+    /// panicking because documents arrive from other machines and may have been written by a
+    /// buggy or newer peer.
+    #[error("corrupt {what} at key {key:?}")]
+    Corrupt {
+        /// Which kind of record failed (`"meta"`, `"message"`, `"event"`, `"participant"`, ...).
+        what: &'static str,
+        /// The map key under which it was found.
+        key: String,
+    },
+
+    /// One of the root containers (`meta`, `participants`, `messages`, `events`) is absent: the
+    /// bytes are not a conversation document (or are one that never received its skeleton).
+    #[error("document has no {0:?} container")]
+    MissingSchema(&'static str),
+
+    /// `merge` was asked to combine two documents that do not share a skeleton: either different
+    /// conversations, or the same conversation created twice (which would hide one side's data).
+    #[error("refusing to merge: {0}")]
+    ForeignDocument(&'static str),
+}

@@ -1,0 +1,41 @@
+//! `aisle-sync`: the conversation as an Automerge document, and the session state machine.
+//!
+//! Pure logic over bytes — no I/O, no async — so the same code runs on the store edge, on the
+//! hub and in tests.
+//!
+//! # Layout
+//!
+//! One Automerge document per conversation (see [`conversation`] for the exact layout): a root
+//! map with `meta` (JSON bytes of [`Meta`]) and three maps — `participants`, `messages`,
+//! `events` — each holding JSON byte scalars keyed by id.
+//!
+//! # Invariants
+//!
+//! 1. **Only the creator creates the skeleton.** The peer that opens a conversation calls
+//!    [`Conversation::create`]; everyone else loads or syncs those bytes. Two independently
+//!    created documents would each have their own `messages` map under the same root key, and
+//!    Automerge would show only one of them after a merge.
+//! 2. **Messages are immutable and keyed by id.** Adding is idempotent (retries are safe), two
+//!    peers adding different messages never conflict, and display order is `(sent_at_ms, id)` —
+//!    never Automerge's insertion order, which differs between replicas.
+//! 3. **Session state is a pure function of the event set.** Events are never edited; the state
+//!    is [`fold`]ed from all of them (sorted by [`Hlc`], compare-and-swap on [`Event::prev`],
+//!    then the [`transition`] table), so replicas with the same events agree, and the loser of a
+//!    race is named in [`Fold::rejected`] instead of being silently overwritten.
+
+pub mod conversation;
+pub mod error;
+pub mod hlc;
+pub mod ids;
+pub mod session;
+
+pub use conversation::{Conversation, MessageRecord, Meta, ParticipantRecord};
+pub use error::SyncError;
+pub use hlc::{Hlc, HlcClock};
+pub use ids::{ConversationId, CustomerId, EventId, MessageId, Participant, StaffId};
+pub use session::{
+    Event, EventKind, Fold, Rejected, Rejection, SessionState, Status, fold, transition,
+};
+
+/// Version of the document layout described in [`conversation`]; stored in [`Meta`].
+pub const SCHEMA_VERSION: u32 = 1;
