@@ -105,8 +105,8 @@ pub async fn serve(app: Arc<App>, socket: WebSocket, permit: OwnedSemaphorePermi
         .inc();
 
     loop {
+        // Unbiased on purpose: a busy outbound queue must not starve reading (or the reverse).
         tokio::select! {
-            biased;
             _ = shutdown.recv() => {
                 // Answer what was already handed to the writer (it keeps committing until the
                 // last connection is gone), then say goodbye.

@@ -86,7 +86,10 @@ mod tests {
             Some(idle.id)
         );
         // Offline (not a candidate): someone else.
-        assert_eq!(pick(&[idle.clone()], Some(StaffId::new())), Some(idle.id));
+        assert_eq!(
+            pick(std::slice::from_ref(&idle), Some(StaffId::new())),
+            Some(idle.id)
+        );
     }
 
     #[test]

@@ -353,14 +353,16 @@ fn run_batch(conn: &mut Connection, state: &mut State, commands: Vec<Command>) {
             for finish in out.replies {
                 finish(Ok(()));
             }
-            for (id, conversation) in out.watches {
-                state.delivery.watch(id, conversation);
-            }
             for (conversation, audience) in out.audiences {
                 state.delivery.set_audience(conversation, audience);
             }
             for (conversation, frame, targets) in &out.publishes {
                 state.delivery.publish(*conversation, frame, targets);
+            }
+            // After the publishes: a connection that just started a conversation gets its
+            // state in the `started` answer, not twice.
+            for (id, conversation) in out.watches {
+                state.delivery.watch(id, conversation);
             }
         }
         Err(err) => {
@@ -434,7 +436,7 @@ fn apply(
                 cmd.origin,
                 out,
             );
-            if let Err(err) = refusal_or_abort(result.map(|()| ()))? {
+            if let Err(err) = refusal_or_abort(result)? {
                 tracing::debug!(code = err.code.as_str(), "read receipt refused");
             }
         }
