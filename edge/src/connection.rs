@@ -312,9 +312,6 @@ async fn handle_text(
         Ok(frame) => frame,
         Err((err, echo)) => return reply_error(sink, &err, &echo, timeout).await,
     };
-    if let ClientFrame::Ping = frame {
-        return write_flow(sink, vec![ServerFrame::Pong.to_text().into()], timeout).await;
-    }
     let Some(session) = &ctx.session else {
         return match frame {
             ClientFrame::Hello {
@@ -323,9 +320,9 @@ async fn handle_text(
                 resume_token,
                 display_name,
             } => hello(ctx, sink, role, token, resume_token, display_name, timeout).await,
-            _ => {
+            other => {
                 let err = ApiError::new(Code::HelloRequired, "send hello first");
-                reply_error(sink, &err, &Echo::default(), timeout).await
+                reply_error(sink, &err, &frame::echo_of(&other), timeout).await
             }
         };
     };
@@ -339,7 +336,9 @@ async fn handle_text(
             let err = ApiError::new(Code::AlreadyHello, "this connection already said hello");
             reply_error(sink, &err, &Echo::default(), timeout).await
         }
-        ClientFrame::Ping => unreachable!("answered above"),
+        ClientFrame::Ping => {
+            write_flow(sink, vec![ServerFrame::Pong.to_text().into()], timeout).await
+        }
         ClientFrame::Start {
             request_id,
             display_name,

@@ -139,6 +139,25 @@ impl Delivery {
         reg.watchers.entry(conversation).or_default().push(id);
     }
 
+    /// Stops every connection of `staff` following `conversation` (it was taken from them).
+    pub fn unwatch_staff(&self, conversation: ConversationId, staff: StaffId) {
+        let mut reg = self.lock();
+        let Some(conns) = reg.staff.get(&staff).cloned() else {
+            return;
+        };
+        for id in conns {
+            if let Some(conn) = reg.conns.get_mut(&id) {
+                conn.watching.retain(|c| *c != conversation);
+            }
+            if let Some(list) = reg.watchers.get_mut(&conversation) {
+                list.retain(|c| *c != id);
+                if list.is_empty() {
+                    reg.watchers.remove(&conversation);
+                }
+            }
+        }
+    }
+
     pub fn is_watching(&self, id: ConnId, conversation: ConversationId) -> bool {
         let reg = self.lock();
         reg.conns

@@ -113,6 +113,65 @@ pub struct Echo {
     pub client_msg_id: Option<String>,
 }
 
+/// The ids a frame carries, to echo in an error about it.
+pub fn echo_of(frame: &ClientFrame) -> Echo {
+    use ClientFrame::*;
+    let (request_id, conversation_id, client_msg_id) = match frame {
+        Hello { .. } | Ping => (None, None, None),
+        Start { request_id, .. } => (request_id.clone(), None, None),
+        Send {
+            conversation_id,
+            client_msg_id,
+            ..
+        } => (None, Some(*conversation_id), Some(client_msg_id.clone())),
+        Typing {
+            conversation_id, ..
+        }
+        | Read {
+            conversation_id, ..
+        }
+        | Resume {
+            conversation_id, ..
+        }
+        | Handoff { conversation_id } => (None, Some(*conversation_id), None),
+        Claim {
+            conversation_id,
+            request_id,
+        }
+        | Transfer {
+            conversation_id,
+            request_id,
+            ..
+        }
+        | Release {
+            conversation_id,
+            request_id,
+        }
+        | Resolve {
+            conversation_id,
+            request_id,
+        }
+        | Reopen {
+            conversation_id,
+            request_id,
+        }
+        | Snooze {
+            conversation_id,
+            request_id,
+            ..
+        }
+        | Wake {
+            conversation_id,
+            request_id,
+        } => (request_id.clone(), Some(*conversation_id), None),
+    };
+    Echo {
+        request_id,
+        conversation_id: conversation_id.map(|c| c.to_string()),
+        client_msg_id,
+    }
+}
+
 /// Parses a text frame; on failure says which of the three parse errors it is, with the ids
 /// the frame carried so the error can echo them.
 pub fn parse(text: &str) -> Result<ClientFrame, (ApiError, Echo)> {

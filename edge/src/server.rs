@@ -29,6 +29,9 @@ const READER_THREADS: usize = 2;
 /// Runs the appliance until SIGTERM or Ctrl-C, then drains and returns.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let started = Instant::now();
+    // Listen for signals before anything can answer: a SIGTERM right after the first
+    // `/healthz` must drain, not kill.
+    let signal = Signals::install()?;
     std::fs::create_dir_all(&config.data).map_err(|source| StartError::DataDir {
         path: config.data.clone(),
         source,
@@ -93,7 +96,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let signal_app = Arc::clone(&app);
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
-            wait_for_signal().await;
+            signal.wait().await;
             tracing::info!("shutting down: telling clients, finishing commits");
             signal_app.shutdown.trigger();
         })
@@ -181,24 +184,30 @@ async fn upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response 
         .on_upgrade(move |socket| connection::serve(app, socket, permit))
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM and Ctrl-C, registered at start.
+struct Signals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, StartError> {
+        Ok(Self {
+            #[cfg(unix)]
+            terminate: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|e| StartError::Other(format!("installing the SIGTERM handler: {e}")))?,
+        })
+    }
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        let terminate = self.terminate.recv();
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = terminate => {},
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
     }
 }
 

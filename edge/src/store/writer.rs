@@ -245,6 +245,9 @@ struct State {
 struct Outbox {
     replies: Vec<Finish>,
     watches: Vec<(ConnId, ConversationId)>,
+    unwatches: Vec<(ConversationId, StaffId)>,
+    /// Conversations created in this batch.
+    fresh: Vec<ConversationId>,
     audiences: Vec<(ConversationId, Option<Audience>)>,
     publishes: Vec<(ConversationId, Outbound, Targets)>,
     touched: Vec<ConversationId>,
@@ -364,6 +367,9 @@ fn run_batch(conn: &mut Connection, state: &mut State, commands: Vec<Command>) {
             for (id, conversation) in out.watches {
                 state.delivery.watch(id, conversation);
             }
+            for (conversation, staff) in out.unwatches {
+                state.delivery.unwatch_staff(conversation, staff);
+            }
         }
         Err(err) => {
             // Nothing was committed: the in-memory documents touched by this batch hold
@@ -404,7 +410,10 @@ fn apply(
                 out,
             );
             let result = refusal_or_abort(result)?;
+            // A customer's device follows the chat it writes in; staff follow the chats they
+            // hold (delivery's audience) or open with `resume`.
             if result.is_ok()
+                && matches!(cmd.actor, Actor::Customer(_))
                 && let Some(origin) = origin
             {
                 out.watches.push((origin, conversation));
@@ -862,6 +871,7 @@ fn start(
         out.audiences.push((evicted_id, None));
     }
     out.touched.push(id);
+    out.fresh.push(id);
     out.audiences.push((id, Some(Audience { agent: None })));
     METRICS.conversations_started.inc();
 
@@ -870,7 +880,7 @@ fn start(
     let fold_state = hot.fold.state.clone();
     if fold_state.status == Status::Queued {
         // Nobody could take it: every online staff member sees it waiting.
-        publish_state(db, state, id, &fold_state, None, Vec::new(), out)?;
+        publish_state(db, id, None, &fold_state, None, Vec::new(), out)?;
     }
     Ok(Started {
         conversation_id: id,
@@ -1121,14 +1131,31 @@ fn apply_event(
     };
     out.audiences
         .push((conversation, Some(Audience { agent: after.agent })));
-    publish_state(db, state, conversation, &after, Some(&view), extra, out)?;
+    publish_state(
+        db,
+        conversation,
+        Some(&before),
+        &after,
+        Some(&view),
+        extra,
+        out,
+    )?;
+    // A transfer or release takes the chat from its holder: their open views stop following it.
+    if matches!(view.kind, EventKind::Transfer { .. } | EventKind::Release)
+        && let Some(old) = before.agent
+    {
+        out.unwatches.push((conversation, old));
+    }
     Ok(Ok(()))
 }
 
+/// Queues a `state` frame for everyone concerned: watchers, the holder, `staff` (e.g. the
+/// previous holder), and every online staff member while the chat is in the queue or has
+/// just left it (so every tablet's queue stays right, and a losing claimer sees the winner).
 fn publish_state(
     db: &Connection,
-    _state: &State,
     conversation: ConversationId,
+    before: Option<&aisle_sync::SessionState>,
     session: &aisle_sync::SessionState,
     event: Option<&EventView>,
     mut staff: Vec<StaffId>,
@@ -1144,18 +1171,23 @@ fn publish_state(
     if let Some(agent) = session.agent {
         staff.push(agent);
     }
-    let in_queue = session.status == Status::Queued
-        || (session.status == Status::Reopened && session.agent.is_none());
+    // A chat opened in this batch was never shown in the queue: no need to announce it left.
+    let left_queue = before.is_some_and(in_queue) && !out.fresh.contains(&conversation);
     out.publishes.push((
         conversation,
         Outbound::new(Some(conversation), 0, text),
         Targets {
             staff,
-            all_staff: in_queue,
+            all_staff: in_queue(session) || left_queue,
             except: None,
         },
     ));
     Ok(())
+}
+
+fn in_queue(session: &aisle_sync::SessionState) -> bool {
+    session.status == Status::Queued
+        || (session.status == Status::Reopened && session.agent.is_none())
 }
 
 /// Assigns a conversation that nobody holds to the best online staff member, if any.
