@@ -6,7 +6,7 @@
 //! request's answer is a future in `pending`, so a client can keep several sends in flight
 //! (up to `max_inflight_sends`, then reading pauses: TCP back-pressure).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,6 +32,9 @@ const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_RESTART: u16 = 1012;
+
+/// Most conversation ids a customer connection remembers as its own.
+const OWNED_CACHE_ITEMS: usize = 256;
 
 /// Frames queued for this client in answer to its own requests.
 type Pending = FuturesUnordered<Pin<Box<dyn Future<Output = Vec<Utf8Bytes>> + Send>>>;
@@ -70,6 +73,8 @@ struct Ctx {
     /// Highest seq already sent per conversation (after a `resume`): later live copies of
     /// replayed messages are skipped.
     seen: HashMap<ConversationId, u64>,
+    /// Conversations this customer is known to own (bounded by `OWNED_CACHE_ITEMS`).
+    owned: HashSet<ConversationId>,
     limiter: RateLimiter,
     last_inbound: Instant,
 }
@@ -92,6 +97,7 @@ pub async fn serve(app: Arc<App>, socket: WebSocket, permit: OwnedSemaphorePermi
         conn_id: None,
         outbound_tx: Some(outbound_tx),
         seen: HashMap::new(),
+        owned: HashSet::new(),
         last_inbound: Instant::now(),
     };
     let write_timeout = Duration::from_millis(limits.write_timeout_ms);
@@ -800,6 +806,8 @@ async fn hello(
                         )
                     })
                     .await?;
+                ctx.owned
+                    .extend(conversations.iter().map(|c| c.id).take(OWNED_CACHE_ITEMS));
                 Ok(vec![
                     ServerFrame::Welcome {
                         role,
@@ -883,16 +891,25 @@ async fn resume(
 ) -> Flow {
     let app = Arc::clone(&ctx.app);
     let echo = echo_conversation(conversation, None);
-    let owner = app
-        .reader
-        .read(move |conn| queries::conversation_customer(conn, conversation))
-        .await;
-    let allowed = match (&owner, actor) {
-        (Ok(Some(owner)), Actor::Customer(customer)) => *owner == customer,
-        (Ok(Some(_)), _) => true,
-        (Ok(None), _) => false,
-        (Err(err), _) => return reply_error(sink, err, &echo, timeout).await,
+    // A customer's own conversations are known from `welcome` (or an earlier resume), which
+    // saves a database round trip on the device-switch path.
+    let allowed = if ctx.owned.contains(&conversation) {
+        true
+    } else {
+        let owner = app
+            .reader
+            .read(move |conn| queries::conversation_customer(conn, conversation))
+            .await;
+        match (&owner, actor) {
+            (Ok(Some(owner)), Actor::Customer(customer)) => *owner == customer,
+            (Ok(Some(_)), _) => true,
+            (Ok(None), _) => false,
+            (Err(err), _) => return reply_error(sink, err, &echo, timeout).await,
+        }
     };
+    if allowed && matches!(actor, Actor::Customer(_)) && ctx.owned.len() < OWNED_CACHE_ITEMS {
+        ctx.owned.insert(conversation);
+    }
     if !allowed {
         let err = ApiError::new(Code::NotFound, "no such conversation");
         return reply_error(sink, &err, &echo, timeout).await;

@@ -46,6 +46,9 @@ pub struct Limits {
     /// Bytes tungstenite reads per socket read call (its 128 KiB default costs ~137 KB per idle
     /// connection; 4 KiB costs ~9 KB, docs/MEASUREMENTS.md).
     pub ws_read_buffer_bytes: usize,
+    /// Bytes tungstenite gathers before writing to the socket: frames fed together (a history
+    /// replay, a burst of acks) go out in a few writes instead of one syscall each.
+    pub ws_write_buffer_bytes: usize,
     /// Time a new connection has to send `hello`.
     pub hello_timeout_ms: u64,
     /// Interval of server pings.
@@ -81,6 +84,7 @@ impl Default for Limits {
             max_page_items: 500,
             max_http_body_bytes: 64 * 1024,
             ws_read_buffer_bytes: 4 * 1024,
+            ws_write_buffer_bytes: 8 * 1024,
             hello_timeout_ms: 10_000,
             heartbeat_interval_secs: 20,
             idle_timeout_secs: 60,

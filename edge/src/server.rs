@@ -178,7 +178,7 @@ async fn upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response 
     // tungstenite refuses to buffer them at all.
     let hard_cap = limits.max_frame_bytes * 4;
     ws.read_buffer_size(limits.ws_read_buffer_bytes)
-        .write_buffer_size(0)
+        .write_buffer_size(limits.ws_write_buffer_bytes)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .on_upgrade(move |socket| connection::serve(app, socket, permit))

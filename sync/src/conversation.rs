@@ -105,6 +105,8 @@ pub struct Conversation {
     /// `AutoCommit`'s own cursor, which `AutoCommit::load` leaves empty (so the first incremental
     /// save after a load would re-emit the whole history).
     saved_heads: Vec<ChangeHash>,
+    /// Ids of the `participants`, `messages` and `events` maps, looked up once.
+    containers: std::cell::OnceCell<[ObjId; 3]>,
 }
 
 impl Conversation {
@@ -120,6 +122,7 @@ impl Conversation {
         Ok(Conversation {
             doc,
             saved_heads: Vec::new(),
+            containers: std::cell::OnceCell::new(),
         })
     }
 
@@ -129,7 +132,11 @@ impl Conversation {
     pub fn load(bytes: &[u8]) -> Result<Self, SyncError> {
         let mut doc = AutoCommit::load(bytes)?;
         let saved_heads = doc.get_heads();
-        let conversation = Conversation { doc, saved_heads };
+        let conversation = Conversation {
+            doc,
+            saved_heads,
+            containers: std::cell::OnceCell::new(),
+        };
         conversation.meta()?;
         for name in CONTAINERS {
             conversation.container(name)?;
@@ -157,7 +164,6 @@ impl Conversation {
             return Ok(());
         }
         self.doc.put(&obj, key, bytes)?;
-        self.doc.commit();
         Ok(())
     }
 
@@ -170,6 +176,20 @@ impl Conversation {
     /// (and changes nothing) if that id is already present — idempotent retries.
     pub fn add_message(&mut self, m: &MessageRecord) -> Result<bool, SyncError> {
         self.insert_once(MESSAGES, &m.id.to_string(), encode(m))
+    }
+
+    /// Adds a message whose id the caller has just minted (a fresh, time-ordered id can not be
+    /// present yet). Skips the existence lookup of [`Self::add_message`], which costs about a
+    /// third of a write; a duplicate id here is a caller bug, caught in debug builds.
+    pub fn add_new_message(&mut self, m: &MessageRecord) -> Result<(), SyncError> {
+        let obj = self.container(MESSAGES)?;
+        let key = m.id.to_string();
+        debug_assert!(
+            self.doc.get(&obj, key.as_str())?.is_none(),
+            "add_new_message with an id already present"
+        );
+        self.doc.put(&obj, key, encode(m))?;
+        Ok(())
     }
 
     /// The message with this id, if present.
@@ -260,6 +280,7 @@ impl Conversation {
         Conversation {
             doc: self.doc.fork(),
             saved_heads: Vec::new(),
+            containers: self.containers.clone(),
         }
     }
 
@@ -270,14 +291,32 @@ impl Conversation {
 
     /// The object id of a root container, checking it is a map.
     fn container(&self, name: &'static str) -> Result<ObjId, SyncError> {
-        match self.doc.get(ROOT, name)? {
-            None => Err(SyncError::MissingSchema(name)),
-            Some((automerge::Value::Object(ObjType::Map), obj)) => Ok(obj),
-            Some(_) => Err(SyncError::Corrupt {
-                what: "container",
-                key: name.to_owned(),
-            }),
+        let index = CONTAINERS
+            .iter()
+            .position(|c| *c == name)
+            .expect("a known container name");
+        if let Some(objs) = self.containers.get() {
+            return Ok(objs[index].clone());
         }
+        let mut objs = Vec::with_capacity(CONTAINERS.len());
+        for name in CONTAINERS {
+            objs.push(match self.doc.get(ROOT, name)? {
+                None => return Err(SyncError::MissingSchema(name)),
+                Some((automerge::Value::Object(ObjType::Map), obj)) => obj,
+                Some(_) => {
+                    return Err(SyncError::Corrupt {
+                        what: "container",
+                        key: name.to_owned(),
+                    });
+                }
+            });
+        }
+        let objs: [ObjId; 3] = objs.try_into().expect("three containers");
+        let found = objs[index].clone();
+        // The containers are created once, by the document's creator, and never replaced
+        // (merge refuses a different skeleton): their ids can be remembered.
+        let _ = self.containers.set(objs);
+        Ok(found)
     }
 
     /// Writes `bytes` under `key` unless the key already exists; true if written.
@@ -291,8 +330,10 @@ impl Conversation {
         if self.doc.get(&obj, key)?.is_some() {
             return Ok(false);
         }
+        // No commit here: the pending transaction closes at the next save, save_incremental,
+        // heads or merge, so a batch of writes becomes one Automerge change (commits cost
+        // more than the puts).
         self.doc.put(&obj, key, bytes)?;
-        self.doc.commit();
         Ok(true)
     }
 
