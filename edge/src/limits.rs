@@ -27,6 +27,8 @@ pub struct Limits {
     pub max_outbound_frames: usize,
     /// Commands queued for the writer thread; past this, sends get `overloaded`.
     pub max_write_queue: usize,
+    /// Queries queued for the reader threads; past this, requests get `overloaded`.
+    pub max_read_queue: usize,
     /// Most commands the writer folds into one transaction (group commit).
     pub max_batch_commands: usize,
     /// Open WebSocket connections held by the process; past this, upgrades get HTTP 503.
@@ -75,6 +77,7 @@ impl Default for Limits {
             max_inflight_sends: 64,
             max_outbound_frames: 1024,
             max_write_queue: 16 * 1024,
+            max_read_queue: 4096,
             max_batch_commands: 2048,
             max_connections: 19_000,
             max_messages_per_conversation: 20_000,
@@ -106,6 +109,7 @@ impl Limits {
             ("max_inflight_sends", self.max_inflight_sends),
             ("max_outbound_frames", self.max_outbound_frames),
             ("max_write_queue", self.max_write_queue),
+            ("max_read_queue", self.max_read_queue),
             ("max_batch_commands", self.max_batch_commands),
             ("max_connections", self.max_connections),
             ("max_hot_documents", self.max_hot_documents),

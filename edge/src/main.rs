@@ -8,6 +8,12 @@ use aisle_edge::config::{Config, Overrides};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: the writer thread allocates and frees many small
+/// objects per message (Automerge ops, SQLite rows, JSON), and glibc's per-thread arenas kept
+/// memory the process no longer used (docs/benchmarks.md has the figures).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "aisle-edge",

@@ -47,7 +47,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             path: config.data.clone(),
             source,
         })?;
-    let reader = Reader::open(&db_path, READER_THREADS, config.limits.max_write_queue)?;
+    let reader = Reader::open(&db_path, READER_THREADS, config.limits.max_read_queue)?;
     let delivery = Arc::new(Delivery::new());
     let (writer, writer_thread) = Writer::start(
         conn,

@@ -67,8 +67,8 @@ const MIGRATIONS: &[&str] = &[
 
     -- Messages as rows, for history pages and resume; the same messages live in the
     -- conversation document (for sync). Both are written in one transaction.
+    -- Clustered by (conversation, seq): a history page or a resume is one range scan.
     CREATE TABLE messages (
-        rowid         INTEGER PRIMARY KEY,
         conversation  INTEGER NOT NULL REFERENCES conversations(rowid),
         seq           INTEGER NOT NULL,
         id            TEXT NOT NULL,
@@ -76,9 +76,9 @@ const MIGRATIONS: &[&str] = &[
         sender_kind   TEXT NOT NULL,
         sender_id     TEXT,
         body          TEXT NOT NULL,
-        sent_at_ms    INTEGER NOT NULL
-    );
-    CREATE UNIQUE INDEX messages_seq ON messages(conversation, seq);
+        sent_at_ms    INTEGER NOT NULL,
+        PRIMARY KEY (conversation, seq)
+    ) WITHOUT ROWID;
     -- A retried send finds its first copy here: this is what makes retries idempotent.
     CREATE UNIQUE INDEX messages_client ON messages(conversation, client_msg_id);
 
