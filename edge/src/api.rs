@@ -119,6 +119,13 @@ pub async fn not_found() -> ApiError {
     ApiError::new(Code::NotFound, "no such endpoint")
 }
 
+pub async fn method_not_allowed() -> Response {
+    let mut response =
+        ApiError::new(Code::BadRequest, "this endpoint does not take that method").into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
 /// Runs Argon2 off the runtime, bounded by `max_concurrent_password_hashes`.
 async fn blocking_hash<T: Send + 'static>(
     app: &App,
@@ -375,6 +382,7 @@ pub async fn update_staff(
         Some(password) => Some(blocking_hash(&app, move || auth::hash_password(&password)).await??),
         None => None,
     };
+    let disabled = patch.disabled == Some(true);
     let staff = app
         .writer
         .exec(move |conn| {
@@ -418,6 +426,18 @@ pub async fn update_staff(
             queries::staff_by_id(conn, id)?.ok_or_else(|| ApiError::internal("staff vanished"))
         })
         .await?;
+    if disabled {
+        // Their tablets are told and closed now, not at their next request.
+        let text = crate::frame::error_text(
+            &ApiError::new(
+                Code::Unauthorized,
+                "this account was disabled by a store admin",
+            ),
+            &crate::frame::Echo::default(),
+        );
+        app.delivery
+            .disconnect_staff(id, &crate::delivery::Outbound::new(None, 0, text));
+    }
     Ok(Json(json!({ "staff": staff })).into_response())
 }
 

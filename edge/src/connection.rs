@@ -77,6 +77,8 @@ struct Ctx {
     owned: HashSet<ConversationId>,
     limiter: RateLimiter,
     last_inbound: Instant,
+    /// The customer's name from `hello`, used when `start` gives none.
+    display_name: String,
 }
 
 enum Flow {
@@ -98,6 +100,7 @@ pub async fn serve(app: Arc<App>, socket: WebSocket, permit: OwnedSemaphorePermi
         outbound_tx: Some(outbound_tx),
         seen: HashMap::new(),
         owned: HashSet::new(),
+        display_name: String::new(),
         last_inbound: Instant::now(),
     };
     let write_timeout = Duration::from_millis(limits.write_timeout_ms);
@@ -147,14 +150,22 @@ pub async fn serve(app: Arc<App>, socket: WebSocket, permit: OwnedSemaphorePermi
                     break;
                 };
                 let mut frames = Vec::with_capacity(8);
+                let mut close_after = out.close_after;
                 push_outbound(&mut ctx, &mut frames, out);
-                while frames.len() < 64 {
+                while frames.len() < 64 && !close_after {
                     match outbound.try_recv() {
-                        Ok(out) => push_outbound(&mut ctx, &mut frames, out),
+                        Ok(out) => {
+                            close_after = out.close_after;
+                            push_outbound(&mut ctx, &mut frames, out);
+                        }
                         Err(_) => break,
                     }
                 }
                 if write_all(&mut sink, frames, write_timeout).await.is_err() {
+                    break;
+                }
+                if close_after {
+                    close(&mut sink, CLOSE_POLICY, "session ended", write_timeout).await;
                     break;
                 }
             }
@@ -360,7 +371,7 @@ async fn handle_text(
             let (reply, answer) = oneshot::channel();
             let command = Command::Start(StartCmd {
                 customer,
-                display_name: display_name.unwrap_or_default(),
+                display_name: display_name.unwrap_or_else(|| ctx.display_name.clone()),
                 origin: conn_id,
                 reply,
             });
@@ -785,7 +796,7 @@ async fn hello(
                     Some(token) => app.tokens.verify(&token, now / 1000)?,
                     None => CustomerId::new(),
                 };
-                let _ = display_name;
+                ctx.display_name = display_name.unwrap_or_default();
                 let token = app
                     .tokens
                     .sign(customer, now / 1000 + app.config.resume_token_ttl_secs);

@@ -29,6 +29,8 @@ pub struct Outbound {
     pub conversation: Option<ConversationId>,
     pub seq: u64,
     pub text: Utf8Bytes,
+    /// The connection sends this frame and then closes (e.g. the account was disabled).
+    pub close_after: bool,
 }
 
 impl Outbound {
@@ -37,6 +39,7 @@ impl Outbound {
             conversation,
             seq,
             text: Utf8Bytes::from(text),
+            close_after: false,
         }
     }
 }
@@ -137,6 +140,25 @@ impl Delivery {
         }
         conn.watching.push(conversation);
         reg.watchers.entry(conversation).or_default().push(id);
+    }
+
+    /// Ends every connection of `staff`: each gets `frame` and closes. They are offline at once.
+    pub fn disconnect_staff(&self, staff: StaffId, frame: &Outbound) {
+        let mut reg = self.lock();
+        let Some(conns) = reg.staff.get(&staff).cloned() else {
+            return;
+        };
+        let last = Outbound {
+            close_after: true,
+            ..frame.clone()
+        };
+        for id in conns {
+            if let Some(conn) = reg.conns.get(&id) {
+                // A full queue: removing the connection below closes it anyway.
+                let _ = conn.tx.try_send(last.clone());
+            }
+            remove(&mut reg, id);
+        }
     }
 
     /// Stops every connection of `staff` following `conversation` (it was taken from them).

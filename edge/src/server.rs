@@ -153,6 +153,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/api/handoff/{code}", post(api::redeem_handoff))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)
 }

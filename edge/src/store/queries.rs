@@ -323,7 +323,12 @@ pub fn history(
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let last_seen = messages.last().map(|m| m.seq).unwrap_or(after_seq);
+    // A client that claims to have seen more than exists (a stale or foreign cursor) is
+    // answered with the real last seq, so it does not skip messages still to come.
+    let last_seen = messages
+        .last()
+        .map(|m| m.seq)
+        .unwrap_or(after_seq.min(last_seq as u64));
     Ok(Some(History {
         more: last_seen < last_seq as u64,
         last_seq: last_seen,
