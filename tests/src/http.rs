@@ -336,3 +336,13 @@ pub fn metric_samples(text: &str) -> Vec<(String, f64)> {
         })
         .collect()
 }
+
+/// The value of one sample, e.g. `aisle_limit_exceeded_total{limit="max_connections"}`, in a
+/// Prometheus text exposition; 0 when it is absent (a counter never incremented).
+pub fn metric_value(text: &str, key: &str) -> f64 {
+    metric_samples(text)
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| *v)
+        .sum()
+}

@@ -27,7 +27,15 @@ use std::ops::{Deref, DerefMut};
 pub use edge::{ADMIN_PASSWORD, ADMIN_USER, Edge, EdgeOptions};
 pub use http::{Http, Resp, StaffSession};
 pub use serde_json::{Value, json};
-pub use ws::{Json, RECV_TIMEOUT, Resumed, Ws, cmid, is_ulid};
+pub use ws::{Json, RECV_TIMEOUT, Resumed, Ws, cmid, http_refusal, is_ulid};
+
+/// Milliseconds since the Unix epoch (the protocol's `*_ms` clock).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock before 1970")
+        .as_millis() as u64
+}
 
 /// A customer connection after `hello`.
 pub struct Customer {

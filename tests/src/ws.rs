@@ -68,6 +68,22 @@ impl Json for Value {
     }
 }
 
+/// The HTTP status and JSON body of a refused WebSocket upgrade, if `err` (from
+/// [`Ws::try_connect`]) is one.
+pub fn http_refusal(err: &anyhow::Error) -> Option<(u16, Value)> {
+    match err.downcast_ref::<tokio_tungstenite::tungstenite::Error>()? {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            let body = resp
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            Some((resp.status().as_u16(), body))
+        }
+        _ => None,
+    }
+}
+
 /// A fresh client message id (`c-` + ULID).
 pub fn cmid() -> String {
     format!("c-{}", ulid::Ulid::new())
@@ -137,6 +153,21 @@ impl Ws {
             seen: Vec::new(),
             closed: None,
         })
+    }
+
+    /// Tries a WebSocket upgrade that the server is expected to refuse with an HTTP error
+    /// (e.g. 503 `too_many_connections`): returns the status and the body parsed as JSON
+    /// (`Value::Null` when it is not JSON). Panics if the upgrade succeeds or fails otherwise.
+    pub async fn connect_refused(addr: SocketAddr, name: &str) -> (u16, Value) {
+        match Self::try_connect(addr, name).await {
+            Ok(_) => {
+                panic!("[{name}] the WebSocket upgrade was accepted; expected an HTTP refusal")
+            }
+            Err(e) => match http_refusal(&e) {
+                Some(r) => r,
+                None => panic!("[{name}] the upgrade failed without an HTTP answer: {e:#}"),
+            },
+        }
     }
 
     /// The label given at connect.

@@ -353,22 +353,23 @@ fn run_batch(conn: &mut Connection, state: &mut State, commands: Vec<Command>) {
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(()) => {
-            for finish in out.replies {
-                finish(Ok(()));
-            }
             for (conversation, audience) in out.audiences {
                 state.delivery.set_audience(conversation, audience);
             }
             for (conversation, frame, targets) in &out.publishes {
                 state.delivery.publish(*conversation, frame, targets);
             }
-            // After the publishes: a connection that just started a conversation gets its
-            // state in the `started` answer, not twice.
+            // Subscriptions after the publishes (a connection that just started a chat gets its
+            // state in the `started` answer, not twice) and before the answers (a client that
+            // acts the moment it hears `started` or its first `ack` is already subscribed).
             for (id, conversation) in out.watches {
                 state.delivery.watch(id, conversation);
             }
             for (conversation, staff) in out.unwatches {
                 state.delivery.unwatch_staff(conversation, staff);
+            }
+            for finish in out.replies {
+                finish(Ok(()));
             }
         }
         Err(err) => {
