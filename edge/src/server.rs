@@ -48,6 +48,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             source,
         })?;
     let reader = Reader::open(&db_path, READER_THREADS, config.limits.max_read_queue)?;
+    let (stop_checkpoints, checkpoint_stop) = std::sync::mpsc::channel();
+    let checkpoint_thread = store::checkpoint::start(&db_path, checkpoint_stop)?;
     let delivery = Arc::new(Delivery::new());
     let (writer, writer_thread) = Writer::start(
         conn,
@@ -113,7 +115,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     writer.stop();
     drop(app);
-    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = writer_thread.join();
+        let _ = stop_checkpoints.send(());
+        let _ = checkpoint_thread.join();
+    })
+    .await;
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -67,8 +67,12 @@ const MIGRATIONS: &[&str] = &[
 
     -- Messages as rows, for history pages and resume; the same messages live in the
     -- conversation document (for sync). Both are written in one transaction.
-    -- Clustered by (conversation, seq): a history page or a resume is one range scan.
+    -- Rows append in commit order (few pages touched per group commit); the small
+    -- (conversation, seq) index serves history pages and resume. Clustering the rows by
+    -- conversation instead touches one page per active conversation per commit, which under
+    -- load is most of what the WAL writes (docs/benchmarks.md).
     CREATE TABLE messages (
+        rowid         INTEGER PRIMARY KEY,
         conversation  INTEGER NOT NULL REFERENCES conversations(rowid),
         seq           INTEGER NOT NULL,
         id            TEXT NOT NULL,
@@ -76,9 +80,9 @@ const MIGRATIONS: &[&str] = &[
         sender_kind   TEXT NOT NULL,
         sender_id     TEXT,
         body          TEXT NOT NULL,
-        sent_at_ms    INTEGER NOT NULL,
-        PRIMARY KEY (conversation, seq)
-    ) WITHOUT ROWID;
+        sent_at_ms    INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX messages_seq ON messages(conversation, seq);
     -- A retried send finds its first copy here: this is what makes retries idempotent.
     CREATE UNIQUE INDEX messages_client ON messages(conversation, client_msg_id);
 
@@ -92,13 +96,14 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
 
     -- The Automerge document of each conversation: a compacted save followed by incremental
-    -- chunks, concatenated in `n` order on load.
+    -- chunks, concatenated in `n` order on load. Appended in commit order, like messages.
     CREATE TABLE doc_chunks (
+        rowid        INTEGER PRIMARY KEY,
         conversation INTEGER NOT NULL REFERENCES conversations(rowid),
         n            INTEGER NOT NULL,
-        bytes        BLOB NOT NULL,
-        PRIMARY KEY (conversation, n)
-    ) WITHOUT ROWID;
+        bytes        BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX doc_chunks_n ON doc_chunks(conversation, n);
 
     CREATE TABLE read_cursors (
         conversation INTEGER NOT NULL REFERENCES conversations(rowid),

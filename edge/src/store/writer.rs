@@ -219,6 +219,8 @@ struct Hot {
     saved_bytes: usize,
     pending_bytes: usize,
     next_chunk: i64,
+    /// Messages of this batch not yet in the document (added by `prepare`, same transaction).
+    pending_messages: Vec<MessageRecord>,
     dirty: bool,
 }
 
@@ -543,19 +545,51 @@ fn load(db: &Connection, id: ConversationId) -> Result<Option<Hot>, ApiError> {
         pending_bytes: bytes.len() - saved_bytes,
         saved_bytes,
         next_chunk,
+        pending_messages: Vec::new(),
         dirty: false,
     }))
 }
 
-/// Writes a document's new changes and its index row. Compacts when the increments outgrow
-/// the compacted save (at least 64 KiB), so the cost per message stays constant on average.
-fn flush(db: &Connection, hot: &mut Hot) -> Result<(), ApiError> {
-    const MIN_COMPACT_BYTES: usize = 64 * 1024;
+/// Compaction threshold: increments are folded into a new compacted save once they outgrow the
+/// last save (and at least this much).
+const MIN_COMPACT_BYTES: usize = 64 * 1024;
+/// With at least this many documents changed in a batch, their Automerge work is split over two
+/// threads (the second core is otherwise idle while the writer works).
+const PARALLEL_MIN_DOCUMENTS: usize = 8;
+
+/// What a document contributes to the batch's transaction.
+enum Chunk {
+    None,
+    Incremental(Vec<u8>),
+    Full(Vec<u8>),
+}
+
+/// The Automerge half of a flush, touching only the document (so it can run on another
+/// thread): applies the batch's messages, closes the change, and decides on compaction. The
+/// amortised cost per message stays constant because a compaction rewrites only what was
+/// written since the last one, at most.
+fn prepare(hot: &mut Hot) -> Result<Chunk, aisle_sync::SyncError> {
+    for message in hot.pending_messages.drain(..) {
+        // Ids minted by the writer's monotonic generator: new to the document by construction.
+        hot.doc.add_new_message(&message)?;
+    }
     let chunk = hot.doc.save_incremental();
-    if !chunk.is_empty() {
-        hot.pending_bytes += chunk.len();
-        if hot.pending_bytes > hot.saved_bytes.max(MIN_COMPACT_BYTES) {
-            let full = hot.doc.save();
+    if chunk.is_empty() {
+        return Ok(Chunk::None);
+    }
+    if hot.next_chunk > 0
+        && hot.pending_bytes + chunk.len() > hot.saved_bytes.max(MIN_COMPACT_BYTES)
+    {
+        return Ok(Chunk::Full(hot.doc.save()));
+    }
+    Ok(Chunk::Incremental(chunk))
+}
+
+/// The SQLite half of a flush: the document's chunk and its index row.
+fn write(db: &Connection, hot: &mut Hot, chunk: Chunk) -> Result<(), ApiError> {
+    match chunk {
+        Chunk::None => {}
+        Chunk::Full(full) => {
             db.prepare_cached("DELETE FROM doc_chunks WHERE conversation = ?1")?
                 .execute([hot.rowid])?;
             db.prepare_cached(
@@ -566,14 +600,17 @@ fn flush(db: &Connection, hot: &mut Hot) -> Result<(), ApiError> {
             hot.pending_bytes = 0;
             hot.next_chunk = 1;
             METRICS.document_compactions.inc();
-        } else {
+        }
+        Chunk::Incremental(chunk) => {
             db.prepare_cached(
                 "INSERT INTO doc_chunks (conversation, n, bytes) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![hot.rowid, hot.next_chunk, chunk])?;
             if hot.next_chunk == 0 {
+                // The first chunk of a new document is its base.
                 hot.saved_bytes = chunk.len();
-                hot.pending_bytes = 0;
+            } else {
+                hot.pending_bytes += chunk.len();
             }
             hot.next_chunk += 1;
         }
@@ -602,11 +639,39 @@ fn flush(db: &Connection, hot: &mut Hot) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Writes one document's pending changes (used when a dirty document leaves the cache).
+fn flush(db: &Connection, hot: &mut Hot) -> Result<(), ApiError> {
+    let chunk = prepare(hot)?;
+    write(db, hot, chunk)
+}
+
+/// Writes every changed document of the batch: the Automerge work split over two threads when
+/// there is enough of it, the SQLite work on the writer thread.
 fn flush_dirty(db: &Connection, state: &mut State) -> Result<(), ApiError> {
-    for (_, hot) in state.docs.iter_mut() {
-        if hot.dirty {
-            flush(db, hot)?;
-        }
+    let mut dirty: Vec<&mut Hot> = state
+        .docs
+        .iter_mut()
+        .filter_map(|(_, hot)| hot.dirty.then_some(hot))
+        .collect();
+    let chunks: Vec<Result<Chunk, aisle_sync::SyncError>> = if dirty.len() >= PARALLEL_MIN_DOCUMENTS
+    {
+        let half = dirty.len() / 2;
+        let (first, second) = dirty.split_at_mut(half);
+        std::thread::scope(|scope| {
+            let helper = scope.spawn(|| first.iter_mut().map(|h| prepare(h)).collect::<Vec<_>>());
+            let mut rest: Vec<_> = second.iter_mut().map(|h| prepare(h)).collect();
+            let mut chunks = match helper.join() {
+                Ok(chunks) => chunks,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            chunks.append(&mut rest);
+            chunks
+        })
+    } else {
+        dirty.iter_mut().map(|h| prepare(h)).collect()
+    };
+    for (hot, chunk) in dirty.into_iter().zip(chunks) {
+        write(db, hot, chunk?)?;
     }
     Ok(())
 }
@@ -749,8 +814,8 @@ fn send(
         body,
         sent_at_ms: now,
     };
-    // The id was minted above by the monotonic generator: new to the document by construction.
-    hot.doc.add_new_message(&record)?;
+    // Into the document at the end of the batch (`prepare`), in the same transaction.
+    hot.pending_messages.push(record.clone());
     hot.last_seq = seq;
     hot.last_message_at_ms = Some(now);
     if matches!(actor, Actor::Staff { .. }) && hot.first_response_at_ms.is_none() {
@@ -863,6 +928,7 @@ fn start(
         saved_bytes: 0,
         pending_bytes: 0,
         next_chunk: 0,
+        pending_messages: Vec::new(),
         dirty: true,
     };
     if let Some((evicted_id, mut evicted)) = state.docs.push(id, hot) {
