@@ -26,9 +26,11 @@
 //! Two peers that each call `create` for the same conversation produce two different `messages`
 //! maps under the same root key. Automerge keeps both but shows only one, so the other side's
 //! messages silently disappear. Hence exactly one peer creates; every other peer starts from
-//! [`Conversation::load`] of bytes it received (or, later, from the sync protocol).
+//! [`Conversation::load`] of bytes it stored, or from [`Conversation::empty_for_sync`] filled by
+//! the sync protocol ([`crate::peer`]), which refuses a second skeleton.
 //! [`Conversation::merge`] refuses to combine documents whose skeletons differ.
 
+use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValueRef, ValueRef};
 use serde::de::DeserializeOwned;
@@ -107,6 +109,9 @@ pub struct Conversation {
     saved_heads: Vec<ChangeHash>,
     /// Ids of the `participants`, `messages` and `events` maps, looked up once.
     containers: std::cell::OnceCell<[ObjId; 3]>,
+    /// The conversation this replica is: from `meta` for `create`/`load`, given to
+    /// [`Conversation::empty_for_sync`]. A sync that would deliver another id is refused.
+    id: ConversationId,
 }
 
 impl Conversation {
@@ -123,6 +128,7 @@ impl Conversation {
             doc,
             saved_heads: Vec::new(),
             containers: std::cell::OnceCell::new(),
+            id: meta.id,
         })
     }
 
@@ -132,12 +138,16 @@ impl Conversation {
     pub fn load(bytes: &[u8]) -> Result<Self, SyncError> {
         let mut doc = AutoCommit::load(bytes)?;
         let saved_heads = doc.get_heads();
+        let meta = match doc.get(ROOT, META)? {
+            None => return Err(SyncError::MissingSchema(META)),
+            Some((value, _)) => decode::<Meta>(value.as_bytes(), "meta", META)?,
+        };
         let conversation = Conversation {
             doc,
             saved_heads,
             containers: std::cell::OnceCell::new(),
+            id: meta.id,
         };
-        conversation.meta()?;
         for name in CONTAINERS {
             conversation.container(name)?;
         }
@@ -281,12 +291,130 @@ impl Conversation {
             doc: self.doc.fork(),
             saved_heads: Vec::new(),
             containers: self.containers.clone(),
+            id: self.id,
         }
     }
 
     /// The current Automerge heads (identify this replica's version for sync and tests).
     pub fn heads(&mut self) -> Vec<ChangeHash> {
         self.doc.get_heads()
+    }
+
+    /// A replica of a conversation this peer has never held, to be filled by the sync protocol.
+    ///
+    /// Invariant 1: only the creator calls [`Self::create`]; every other peer starts here (or from
+    /// [`Self::load`] of bytes it stored earlier) and receives the creator's skeleton by sync.
+    /// Until [`Self::is_complete`] is true the typed accessors return
+    /// [`SyncError::MissingSchema`] and writes fail the same way, so nothing can be written into a
+    /// document that has no containers yet.
+    pub fn empty_for_sync(id: ConversationId) -> Conversation {
+        Conversation {
+            doc: AutoCommit::new(),
+            saved_heads: Vec::new(),
+            containers: std::cell::OnceCell::new(),
+            id,
+        }
+    }
+
+    /// The conversation this replica is (known even before a synced skeleton arrived).
+    pub fn id(&self) -> ConversationId {
+        self.id
+    }
+
+    /// True once the document holds its skeleton: `meta` (decodable) and the three containers.
+    /// A replica from [`Self::empty_for_sync`] becomes complete when the sync round that carries
+    /// the creator's first change has been received; only then may it be treated as a
+    /// conversation (listed, folded, written to, persisted).
+    pub fn is_complete(&self) -> bool {
+        self.meta().is_ok() && self.container(MESSAGES).is_ok()
+    }
+
+    /// The next Automerge sync message (already encoded) for the peer whose per-document state
+    /// is `state`, or `None` when there is nothing to say (in sync, or waiting for the peer's
+    /// answer). Closes the pending local transaction first, so writes made since the last save
+    /// are included.
+    pub fn generate_sync_message(&mut self, state: &mut sync::State) -> Option<Vec<u8>> {
+        self.doc
+            .sync()
+            .generate_sync_message(state)
+            .map(sync::Message::encode)
+    }
+
+    /// Applies one encoded Automerge sync message from the peer whose state is `state`.
+    ///
+    /// Changes that arrive this way are returned by the next [`Self::save_incremental`] like
+    /// local ones (it saves everything after the heads of the previous save).
+    ///
+    /// Refuses, leaving both the document and `state` exactly as they were:
+    /// - bytes that are not a sync message ([`SyncError::BadSyncMessage`]) or changes Automerge
+    ///   rejects ([`SyncError::Automerge`]);
+    /// - a skeleton created a second time (conflicting `meta`/container keys), a replaced
+    ///   container, or the skeleton of another conversation ([`SyncError::ForeignDocument`]);
+    /// - a `meta` that does not decode ([`SyncError::Corrupt`]).
+    ///
+    /// Rolling back re-forks the document at its previous heads, which costs about a `load`; it
+    /// only happens on these error paths.
+    pub fn receive_sync_message(
+        &mut self,
+        state: &mut sync::State,
+        message: &[u8],
+    ) -> Result<(), SyncError> {
+        let message = sync::Message::decode(message)
+            .map_err(|err| SyncError::BadSyncMessage(err.to_string()))?;
+        let before = self.doc.get_heads();
+        let state_before = state.clone();
+        let applied = self.doc.sync().receive_sync_message(state, message);
+        let result = match applied {
+            Err(err) => Err(SyncError::from(err)),
+            Ok(()) if self.doc.get_heads() == before => Ok(()),
+            Ok(()) => self.check_skeleton(),
+        };
+        if let Err(err) = result {
+            self.roll_back_to(&before)?;
+            *state = state_before;
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// After a sync applied changes: the skeleton is still the one this replica had (or, for a
+    /// replica that had none, exactly one skeleton of the expected conversation arrived).
+    fn check_skeleton(&self) -> Result<(), SyncError> {
+        for name in [META, PARTICIPANTS, MESSAGES, EVENTS] {
+            if self.doc.get_all(ROOT, name)?.len() > 1 {
+                return Err(SyncError::ForeignDocument(
+                    "the conversation was created twice (conflicting skeletons)",
+                ));
+            }
+        }
+        if let Some(cached) = self.containers.get() {
+            for (name, obj) in CONTAINERS.iter().zip(cached) {
+                match self.doc.get(ROOT, *name)? {
+                    Some((_, current)) if current == *obj => {}
+                    _ => {
+                        return Err(SyncError::ForeignDocument("a root container was replaced"));
+                    }
+                }
+            }
+        }
+        if let Some((value, _)) = self.doc.get(ROOT, META)? {
+            let meta: Meta = decode(value.as_bytes(), "meta", META)?;
+            if meta.id != self.id {
+                return Err(SyncError::ForeignDocument(
+                    "the skeleton of a different conversation",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the document by its state at `heads` (which it holds), keeping the actor id.
+    fn roll_back_to(&mut self, heads: &[ChangeHash]) -> Result<(), SyncError> {
+        let actor = self.doc.get_actor().clone();
+        let mut restored = self.doc.fork_at(heads)?;
+        restored.set_actor(actor);
+        self.doc = restored;
+        Ok(())
     }
 
     /// The object id of a root container, checking it is a map.
@@ -735,6 +863,96 @@ mod tests {
         assert_eq!(a.messages().expect("m"), b.messages().expect("m"));
         assert_eq!(a.message_count(), 3);
         assert_eq!(a.heads(), b.heads());
+    }
+
+    /// Runs Automerge's sync loop between two replicas until neither has anything to say.
+    fn sync_pair(a: &mut Conversation, b: &mut Conversation) -> Result<usize, SyncError> {
+        let (mut sa, mut sb) = (sync::State::new(), sync::State::new());
+        let mut bytes = 0;
+        loop {
+            let ab = a.generate_sync_message(&mut sa);
+            if let Some(m) = &ab {
+                bytes += m.len();
+                b.receive_sync_message(&mut sb, m)?;
+            }
+            let ba = b.generate_sync_message(&mut sb);
+            if let Some(m) = &ba {
+                bytes += m.len();
+                a.receive_sync_message(&mut sa, m)?;
+            }
+            if ab.is_none() && ba.is_none() {
+                return Ok(bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_replica_receives_the_whole_conversation_by_sync() {
+        let mut a = new_doc();
+        a.add_message(&msg(10, 1)).expect("add");
+        a.add_message(&msg(11, 2)).expect("add");
+        let mut b = Conversation::empty_for_sync(meta().id);
+        assert_eq!(b.id(), meta().id);
+        assert!(!b.is_complete());
+        assert!(matches!(b.messages(), Err(SyncError::MissingSchema(_))));
+        assert!(matches!(
+            b.add_message(&msg(12, 3)),
+            Err(SyncError::MissingSchema(_))
+        ));
+        assert!(b.save_incremental().is_empty());
+
+        sync_pair(&mut a, &mut b).expect("sync");
+        assert!(b.is_complete());
+        assert_eq!(b.meta().expect("meta"), meta());
+        assert_eq!(b.messages().expect("m"), a.messages().expect("m"));
+        assert_eq!(b.heads(), a.heads());
+
+        // What arrived by sync is what the next incremental save returns, and it loads.
+        let mut storage = b.save_incremental();
+        assert!(!storage.is_empty());
+        b.add_message(&msg(12, 3)).expect("b writes once complete");
+        sync_pair(&mut a, &mut b).expect("sync back");
+        assert_eq!(a.message_count(), 3);
+        a.add_message(&msg(13, 4)).expect("add");
+        sync_pair(&mut a, &mut b).expect("sync again");
+        storage.extend(b.save_incremental());
+        let mut loaded = Conversation::load(&storage).expect("load synced chunks");
+        assert_eq!(loaded.messages().expect("m"), a.messages().expect("m"));
+        assert_eq!(loaded.heads(), a.heads());
+    }
+
+    #[test]
+    fn a_second_skeleton_is_refused_and_nothing_changes() {
+        let mut a = new_doc();
+        a.add_message(&msg(10, 1)).expect("add");
+        // The same conversation created a second time (invariant 1 broken by a buggy peer).
+        let mut twin = new_doc();
+        twin.add_message(&msg(20, 1)).expect("add");
+        let heads = twin.heads();
+        let mut state = sync::State::new();
+        let err = sync_pair(&mut a, &mut twin).expect_err("conflicting skeletons");
+        assert!(matches!(err, SyncError::ForeignDocument(_)), "{err:?}");
+        assert_eq!(twin.heads(), heads, "rolled back");
+        assert_eq!(twin.messages().expect("m"), vec![msg(20, 1)]);
+        // The replica still works: writes and saves as before.
+        twin.add_message(&msg(21, 2)).expect("add");
+        let mut loaded = Conversation::load(&twin.save()).expect("load");
+        assert_eq!(loaded.message_count(), 2);
+        assert_eq!(loaded.heads(), twin.heads());
+
+        // Same for an empty replica waiting for another conversation.
+        let mut other = Conversation::empty_for_sync(ConversationId::from_ulid(Ulid(77)));
+        let err = sync_pair(&mut a, &mut other).expect_err("wrong conversation");
+        assert!(matches!(err, SyncError::ForeignDocument(_)), "{err:?}");
+        assert!(other.heads().is_empty());
+        assert!(!other.is_complete());
+
+        // Bytes that are not a sync message.
+        assert!(matches!(
+            other.receive_sync_message(&mut state, b"nope"),
+            Err(SyncError::BadSyncMessage(_))
+        ));
+        assert_eq!(state, sync::State::new());
     }
 
     #[test]

@@ -35,8 +35,14 @@ pub enum SyncError {
     #[error("document has no {0:?} container")]
     MissingSchema(&'static str),
 
-    /// `merge` was asked to combine two documents that do not share a skeleton: either different
-    /// conversations, or the same conversation created twice (which would hide one side's data).
+    /// Bytes handed to [`Conversation::receive_sync_message`](crate::Conversation::receive_sync_message)
+    /// that are not an Automerge sync message (the decoder's complaint is kept for the log).
+    #[error("bad sync message: {0}")]
+    BadSyncMessage(String),
+
+    /// `merge` was asked to combine two documents that do not share a skeleton, or a sync would
+    /// have delivered one: either different conversations, or the same conversation created twice
+    /// (which would hide one side's data).
     #[error("refusing to merge: {0}")]
     ForeignDocument(&'static str),
 }

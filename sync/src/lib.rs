@@ -1,4 +1,5 @@
-//! `aisle-sync`: the conversation as an Automerge document, and the session state machine.
+//! `aisle-sync`: the conversation as an Automerge document, the session state machine, and the
+//! edge ↔ hub sync protocol ([`protocol`] frames, [`wire`] codec, [`peer`] per-document driver).
 //!
 //! Pure logic over bytes — no I/O, no async — so the same code runs on the store edge, on the
 //! hub and in tests.
@@ -22,20 +23,35 @@
 //!    is [`fold`]ed from all of them (sorted by [`Hlc`], compare-and-swap on [`Event::prev`],
 //!    then the [`transition`] table), so replicas with the same events agree, and the loser of a
 //!    race is named in [`Fold::rejected`] instead of being silently overwritten.
+//! 4. **Sync never corrupts a replica.** A peer that has never held a conversation starts from
+//!    [`Conversation::empty_for_sync`] and receives everything by sync; a received second
+//!    skeleton, another conversation's skeleton or an undecodable message is refused and leaves
+//!    the document and its sync state exactly as they were. Every `Sync` frame is answered by
+//!    one frame, each side persists a document before it sends anything about it, and anything
+//!    lost ends the session (see [`peer`] and `docs/sync-protocol.md`).
 
 pub mod conversation;
 pub mod error;
 pub mod hlc;
 pub mod ids;
+pub mod peer;
+pub mod protocol;
 pub mod session;
+pub mod wire;
 
 pub use conversation::{Conversation, MessageRecord, Meta, ParticipantRecord};
 pub use error::SyncError;
 pub use hlc::{Hlc, HlcClock};
 pub use ids::{ConversationId, CustomerId, EventId, MessageId, Participant, StaffId};
+pub use peer::{PeerSync, SyncedDoc};
+pub use protocol::{
+    Credential, DocumentKey, Frame, Head, Limits, ManifestDiff, ManifestEntry, PROTOCOL_VERSION,
+    ProtocolError, diff_manifests,
+};
 pub use session::{
     Event, EventKind, Fold, Rejected, Rejection, SessionState, Status, fold, transition,
 };
+pub use wire::{decode_frame, encode_frame, manifest_frames};
 
 /// Version of the document layout described in [`conversation`]; stored in [`Meta`].
 pub const SCHEMA_VERSION: u32 = 1;
