@@ -1,0 +1,162 @@
+//! The hub's configuration: one typed struct.
+//!
+//! Sources, later ones win: embedded defaults (`cargo run -p aisle-hub` works with no file) → a
+//! TOML file (`--config FILE` or `AISLE_HUB_CONFIG`) → environment (`AISLE_HUB_LISTEN`,
+//! `AISLE_HUB_REGION`, `AISLE_HUB_LIMITS__MAX_FRAME_BYTES`, …: `__` separates nesting) →
+//! command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::limits::Limits;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP/WebSocket server binds.
+    pub listen: SocketAddr,
+    /// Directory holding the SQLite database and the hub id.
+    pub data: PathBuf,
+    /// The region this hub serves; stores enrolled here belong to it. Required in production,
+    /// `default` in development.
+    pub region: String,
+    /// Password of the first HQ account (`admin`, role `hq_admin`) created on an empty data
+    /// directory. Unset: a random one is generated and printed once.
+    pub first_admin_password: Option<String>,
+    /// Log filter (tracing's EnvFilter syntax).
+    pub log: String,
+    /// Lifetime of an HQ session token.
+    pub session_ttl_secs: u64,
+    /// Lifetime of a store's one-time enrollment token.
+    pub enrollment_token_ttl_secs: u64,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            data: PathBuf::from("data/hub"),
+            region: "default".into(),
+            first_admin_password: None,
+            log: "info".into(),
+            session_ttl_secs: 12 * 3600,
+            enrollment_token_ttl_secs: 24 * 3600,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Flags given on the command line; they override every other source.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data: Option<PathBuf>,
+    pub region: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::MissingFile(file.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("AISLE_HUB_").split("__").ignore(&["config"]));
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        if let Some(data) = &overrides.data {
+            config.data = data.clone();
+        }
+        if let Some(region) = &overrides.region {
+            config.region = region.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate().map_err(ConfigError::Invalid)?;
+        if self.region.is_empty()
+            || self.region.len() > 64
+            || self.region.chars().any(char::is_control)
+        {
+            return Err(ConfigError::Invalid(
+                "region must be 1 to 64 characters without control characters".into(),
+            ));
+        }
+        if let Some(password) = &self.first_admin_password
+            && password.chars().count() < 8
+        {
+            return Err(ConfigError::Invalid(
+                "first_admin_password needs at least 8 characters".into(),
+            ));
+        }
+        if self.session_ttl_secs == 0 || self.enrollment_token_ttl_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "session_ttl_secs and enrollment_token_ttl_secs must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data.join("aisle-hub.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hub.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nregion = \"eu-west\"\n[limits]\nmax_docs_in_flight = 4\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file), &Overrides::default()).unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.region, "eu-west");
+        assert_eq!(config.limits.max_docs_in_flight, 4);
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:9100".parse().unwrap()),
+            data: Some("/tmp/x".into()),
+            region: Some("us-east".into()),
+        };
+        let config = Config::load(Some(&file), &overrides).unwrap();
+        assert_eq!(config.listen.port(), 9100);
+        assert_eq!(config.data, PathBuf::from("/tmp/x"));
+        assert_eq!(config.region, "us-east");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hub.toml");
+        std::fs::write(&file, "[limits]\nmax_fram_bytes = 5\n").unwrap();
+        let err = Config::load(Some(&file), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("max_fram_bytes"), "{err}");
+    }
+}

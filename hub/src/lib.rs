@@ -1,0 +1,51 @@
+//! `aisle-hub`: the regional hub. Stores enroll over HTTP and then sync their conversation
+//! documents over one WebSocket each (`GET /sync`, the aisle-sync protocol of
+//! docs/sync-protocol.md); HQ accounts use the HTTP API (docs/hub-api.md).
+//!
+//! ```text
+//! edge ── /sync (binary aisle-sync frames) ──▶ sync.rs: one task per store
+//!                                               │ PeerSync; chunk + sync state, then answer
+//! HQ ──── /api (JSON, bearer tokens) ───────▶ api.rs
+//!                                               ▼
+//!                          store/ (HubStore): SQLite, one writer thread, reader threads
+//! ```
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod limits;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod sync;
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::store::HubStore;
+use crate::sync::Registry;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Everything a handler or sync task needs; shared behind an `Arc`.
+pub struct App {
+    pub config: Config,
+    /// This hub's storage identity (a ULID kept in the data directory).
+    pub hub_id: String,
+    pub store: Arc<dyn HubStore>,
+    /// Connected stores (one sync connection each).
+    pub registry: Registry,
+    /// One permit per open sync connection.
+    pub sync_connections: Arc<Semaphore>,
+    /// Bounds concurrent Argon2 work.
+    pub password_hashes: Semaphore,
+}

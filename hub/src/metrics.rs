@@ -1,0 +1,105 @@
+//! Prometheus metrics served at `GET /metrics`. One process-wide registry; lock-free counters.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+pub struct Metrics {
+    registry: Registry,
+    /// Stores with an authenticated sync connection now.
+    pub connected_stores: IntGauge,
+    pub frames_in: IntCounterVec,
+    pub frames_out: IntCounterVec,
+    /// Documents held by the hub (set at start, raised when a new one is stored).
+    pub documents: IntGauge,
+    pub chunks_stored: IntCounter,
+    pub refused: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub stores: IntGaugeVec,
+}
+
+fn counter_vec(name: &str, help: &str, label: &str) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), &[label]).expect("metric")
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let connected_stores = IntGauge::new(
+            "aisle_hub_connected_stores",
+            "Stores with an authenticated sync connection",
+        )
+        .expect("metric");
+        let frames_in = counter_vec(
+            "aisle_hub_frames_in_total",
+            "Sync frames received from stores, by type",
+            "type",
+        );
+        let frames_out = counter_vec(
+            "aisle_hub_frames_out_total",
+            "Sync frames sent to stores, by type",
+            "type",
+        );
+        let documents =
+            IntGauge::new("aisle_hub_documents", "Documents stored by the hub").expect("metric");
+        let chunks_stored = IntCounter::new(
+            "aisle_hub_document_chunks_stored_total",
+            "Document chunks committed (one per received change set)",
+        )
+        .expect("metric");
+        let refused = counter_vec(
+            "aisle_hub_sync_refused_total",
+            "Sync connections refused at hello, by code",
+            "code",
+        );
+        let errors = counter_vec(
+            "aisle_hub_errors_total",
+            "Errors returned to clients (HTTP and sync), by code",
+            "code",
+        );
+        let stores = IntGaugeVec::new(
+            Opts::new("aisle_hub_stores", "Registered stores by status"),
+            &["status"],
+        )
+        .expect("metric");
+        for collector in [
+            Box::new(connected_stores.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(frames_in.clone()),
+            Box::new(frames_out.clone()),
+            Box::new(documents.clone()),
+            Box::new(chunks_stored.clone()),
+            Box::new(refused.clone()),
+            Box::new(errors.clone()),
+            Box::new(stores.clone()),
+        ] {
+            registry.register(collector).expect("unique metric names");
+        }
+        Self {
+            registry,
+            connected_stores,
+            frames_in,
+            frames_out,
+            documents,
+            chunks_stored,
+            refused,
+            errors,
+            stores,
+        }
+    }
+
+    pub fn error(&self, code: &str) {
+        self.errors.with_label_values(&[code]).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(error = %err, "encoding metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

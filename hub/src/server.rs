@@ -1,0 +1,173 @@
+//! Start-up (data dir, hub id, storage, first admin), the router, and the shutdown sequence.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::App;
+use crate::api;
+use crate::auth;
+use crate::config::Config;
+use crate::error::{ApiError, Code, StartError};
+use crate::metrics::METRICS;
+use crate::store::HubStore;
+use crate::store::sqlite::SqliteStore;
+use crate::sync::{self, Registry};
+
+const HUB_ID_FILE: &str = "hub-id";
+
+/// Runs the hub until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    std::fs::create_dir_all(&config.data).map_err(|source| StartError::DataDir {
+        path: config.data.clone(),
+        source,
+    })?;
+    let hub_id = load_or_create_hub_id(&config.data).map_err(|source| StartError::DataDir {
+        path: config.data.clone(),
+        source,
+    })?;
+    let store = Arc::new(SqliteStore::open(
+        &config.database_path(),
+        config.limits.reader_threads,
+    )?);
+    if store.count_accounts().await? == 0 {
+        create_first_admin(store.as_ref(), &config).await?;
+    }
+    METRICS.documents.set(store.count_documents().await? as i64);
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let app = Arc::new(App {
+        sync_connections: Arc::new(Semaphore::new(config.limits.max_sync_connections)),
+        password_hashes: Semaphore::new(config.limits.max_concurrent_password_hashes),
+        hub_id,
+        store: Arc::clone(&store) as Arc<dyn HubStore>,
+        registry: Registry::default(),
+        config,
+    });
+    tracing::info!(
+        addr = %local,
+        region = %app.config.region,
+        hub_id = %app.hub_id,
+        "aisle-hub listening"
+    );
+    axum::serve(listener, router(Arc::clone(&app)))
+        .with_graceful_shutdown(signal())
+        .await
+        .map_err(|e| StartError::Other(format!("server: {e}")))?;
+    store.stop();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let body_limit = app.config.limits.max_http_body_bytes;
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/metrics", get(api::metrics))
+        .route("/sync", get(upgrade))
+        .route("/api/login", post(api::login))
+        .route("/api/enroll", post(api::enroll))
+        .route("/api/stores", get(api::list_stores).post(api::create_store))
+        .route("/api/stores/{id}/revoke", post(api::revoke_store))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(app)
+}
+
+async fn upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response {
+    let Ok(permit) = Arc::clone(&app.sync_connections).try_acquire_owned() else {
+        return ApiError::new(
+            Code::TooManyConnections,
+            "the hub holds max_sync_connections connections; retry later",
+        )
+        .into_response();
+    };
+    let max = app.config.limits.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| sync::serve(app, socket, permit))
+}
+
+async fn signal() {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(terminate) => terminate,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The hub's storage identity: a ULID made on the first start and kept in the data directory.
+fn load_or_create_hub_id(data: &Path) -> std::io::Result<String> {
+    let path = data.join(HUB_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if ulid::Ulid::from_string(text.trim()).is_ok() => Ok(text.trim().to_owned()),
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} does not hold a ULID", path.display()),
+        )),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let id = ulid::Ulid::new().to_string();
+            let tmp = data.join(format!("{HUB_ID_FILE}.tmp"));
+            std::fs::write(&tmp, &id)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(id)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// An empty hub gets one `hq_admin` account; its login is printed once, on stdout.
+async fn create_first_admin(store: &dyn HubStore, config: &Config) -> Result<(), StartError> {
+    let (password, generated) = match &config.first_admin_password {
+        Some(password) => (password.clone(), false),
+        None => (auth::random_password(), true),
+    };
+    let hashed = password.clone();
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&hashed))
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))?
+        .map_err(StartError::Other)?;
+    store
+        .create_account("admin".into(), hash, api::ROLE_ADMIN.into())
+        .await?;
+    if generated {
+        println!(
+            "aisle-hub: created the first HQ account: username=admin password={password} (shown once)"
+        );
+    } else {
+        println!(
+            "aisle-hub: created the first HQ account: username=admin (password from configuration)"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,566 @@
+//! `GET /sync`: one WebSocket per store, binary aisle-sync frames (docs/sync-protocol.md).
+//!
+//! The first frame must be `hello`; the store's region, id, revocation and credential are
+//! checked before anything else, and a refused connection gets a `refused` frame and is closed
+//! with nothing stored. After `welcome` both sides send their manifests; the hub then answers the
+//! edge's `sync` frames with [`PeerSync`]: receive, store the document's new chunk and the sync
+//! state in one transaction, then answer (so an `ack` names heads the hub holds durably).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aisle_sync::protocol::codes;
+use aisle_sync::{
+    Conversation, DocumentKey, Frame, Head, ManifestEntry, PeerSync, ProtocolError, decode_frame,
+    encode_frame, manifest_frames,
+};
+use axum::extract::ws::{Message, WebSocket};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+
+use crate::metrics::METRICS;
+use crate::store::SyncWrite;
+use crate::{App, auth, now_ms};
+
+/// The connected stores: at most one sync connection each (a newer one replaces the older).
+#[derive(Default)]
+pub struct Registry {
+    connections: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    /// Registers a connection of `store_id`, telling an older one to close. Returns its id and
+    /// the signal that tells it to close.
+    fn register(&self, store_id: &str) -> (u64, Arc<Notify>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        if let Ok(mut map) = self.connections.lock() {
+            if let Some((_, old)) = map.insert(store_id.to_owned(), (id, Arc::clone(&notify))) {
+                old.notify_one();
+            }
+            METRICS.connected_stores.set(map.len() as i64);
+        }
+        (id, notify)
+    }
+
+    fn unregister(&self, store_id: &str, id: u64) {
+        if let Ok(mut map) = self.connections.lock() {
+            if map.get(store_id).is_some_and(|(current, _)| *current == id) {
+                map.remove(store_id);
+            }
+            METRICS.connected_stores.set(map.len() as i64);
+        }
+    }
+
+    /// Closes the store's connection, if it has one (after a revocation).
+    pub fn disconnect(&self, store_id: &str) {
+        if let Ok(map) = self.connections.lock()
+            && let Some((_, notify)) = map.get(store_id)
+        {
+            notify.notify_one();
+        }
+    }
+
+    pub fn is_online(&self, store_id: &str) -> bool {
+        self.connections
+            .lock()
+            .map(|map| map.contains_key(store_id))
+            .unwrap_or(false)
+    }
+}
+
+/// Unregisters the connection when its task ends, however it ends.
+struct Registered {
+    app: Arc<App>,
+    store_id: String,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.app.registry.unregister(&self.store_id, self.id);
+    }
+}
+
+/// Serves one sync connection until it closes.
+pub async fn serve(app: Arc<App>, mut socket: WebSocket, _permit: OwnedSemaphorePermit) {
+    let limits = app.config.limits.clone();
+    let max_frame = limits.max_frame_bytes;
+    let hello = tokio::time::timeout(
+        Duration::from_millis(limits.hello_timeout_ms),
+        socket.recv(),
+    )
+    .await;
+    let bytes = match hello {
+        Ok(Some(Ok(Message::Binary(bytes)))) => bytes,
+        Ok(Some(Ok(_))) => {
+            let _ = send_error(
+                &mut socket,
+                codes::BAD_FRAME,
+                "binary hello expected",
+                max_frame,
+            )
+            .await;
+            return;
+        }
+        _ => return,
+    };
+    METRICS.frames_in.with_label_values(&["hello"]).inc();
+    let frame = match decode_frame(&bytes, max_frame) {
+        Ok(frame) => frame,
+        Err(ProtocolError::WrongVersion { found }) => {
+            refuse(
+                &mut socket,
+                codes::UNSUPPORTED_VERSION,
+                &format!("protocol version {found} is not spoken here"),
+                max_frame,
+            )
+            .await;
+            return;
+        }
+        Err(err) => {
+            let _ = send(&mut socket, &err.to_frame(), max_frame).await;
+            return;
+        }
+    };
+    let Frame::Hello {
+        store_id,
+        region,
+        credential,
+        edge_version,
+    } = frame
+    else {
+        let _ = send_error(
+            &mut socket,
+            codes::BAD_FRAME,
+            "the first frame must be hello",
+            max_frame,
+        )
+        .await;
+        return;
+    };
+    if let Err((code, message)) = check_hello(&app, &store_id, &region, &credential.0).await {
+        tracing::warn!(store_id = %store_id, code, "sync connection refused");
+        METRICS.refused.with_label_values(&[code]).inc();
+        refuse(&mut socket, code, &message, max_frame).await;
+        return;
+    }
+    let (id, kicked) = app.registry.register(&store_id);
+    let _registered = Registered {
+        app: Arc::clone(&app),
+        store_id: store_id.clone(),
+        id,
+    };
+    tracing::info!(store_id = %store_id, edge_version = %edge_version, "store connected");
+    let mut session = Session {
+        peer: PeerSync::new(limits.sync()),
+        app: Arc::clone(&app),
+        store_id,
+        docs: HashMap::new(),
+        persisted: HashSet::new(),
+        local_manifest: Vec::new(),
+        remote_manifest: Vec::new(),
+        socket,
+        max_frame,
+    };
+    let reason = session.run(kicked).await;
+    tracing::info!(store_id = %session.store_id, reason, "store disconnected");
+    let _ = session.socket.send(Message::Close(None)).await;
+}
+
+async fn check_hello(
+    app: &App,
+    store_id: &str,
+    region: &str,
+    credential: &str,
+) -> Result<(), (&'static str, String)> {
+    if region != app.config.region {
+        return Err((
+            codes::WRONG_REGION,
+            format!("this hub serves region {}, not {region}", app.config.region),
+        ));
+    }
+    let store = app
+        .store
+        .store(store_id.to_owned())
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "looking up a store");
+            (codes::INTERNAL, "internal error".to_owned())
+        })?
+        .ok_or_else(|| (codes::UNKNOWN_STORE, format!("unknown store {store_id}")))?;
+    if store.region != app.config.region {
+        return Err((
+            codes::WRONG_REGION,
+            format!("{store_id} is enrolled in {}", store.region),
+        ));
+    }
+    if store.revoked {
+        return Err((codes::REVOKED, format!("{store_id} was revoked")));
+    }
+    match store.credential_hash {
+        Some(hash) if auth::hashes_equal(&hash, &auth::secret_hash(credential)) => Ok(()),
+        _ => Err((
+            codes::BAD_CREDENTIAL,
+            format!("the credential does not match {store_id}"),
+        )),
+    }
+}
+
+async fn send(socket: &mut WebSocket, frame: &Frame, max_frame: usize) -> Result<(), ()> {
+    let bytes = match encode_frame(frame, max_frame) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            tracing::error!(error = %err, "encoding a frame");
+            return Err(());
+        }
+    };
+    METRICS.frames_out.with_label_values(&[frame.kind()]).inc();
+    if let Frame::Error { code, .. } | Frame::Refused { code, .. } = frame {
+        METRICS.error(code);
+    }
+    socket
+        .send(Message::Binary(bytes.into()))
+        .await
+        .map_err(|_| ())
+}
+
+async fn send_error(
+    socket: &mut WebSocket,
+    code: &str,
+    message: &str,
+    max_frame: usize,
+) -> Result<(), ()> {
+    let frame = Frame::Error {
+        code: code.into(),
+        message: message.into(),
+        doc: None,
+    };
+    send(socket, &frame, max_frame).await
+}
+
+async fn refuse(socket: &mut WebSocket, code: &str, message: &str, max_frame: usize) {
+    let frame = Frame::Refused {
+        code: code.into(),
+        message: message.into(),
+    };
+    let _ = send(socket, &frame, max_frame).await;
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+struct Session {
+    app: Arc<App>,
+    store_id: String,
+    peer: PeerSync,
+    /// Documents touched this session (loaded or being received).
+    docs: HashMap<DocumentKey, Conversation>,
+    /// Documents the hub holds on disk (their next chunk is incremental).
+    persisted: HashSet<DocumentKey>,
+    local_manifest: Vec<ManifestEntry>,
+    remote_manifest: Vec<ManifestEntry>,
+    socket: WebSocket,
+    max_frame: usize,
+}
+
+/// What to do after a frame.
+enum Next {
+    Continue,
+    Close(&'static str),
+}
+
+impl Session {
+    async fn run(&mut self, kicked: Arc<Notify>) -> &'static str {
+        let app = Arc::clone(&self.app);
+        if let Err(err) = app.store.touch_store(self.store_id.clone(), now_ms()).await {
+            tracing::error!(error = %err, "recording the connection");
+        }
+        let welcome = Frame::Welcome {
+            region: app.config.region.clone(),
+            hub_id: app.hub_id.clone(),
+        };
+        if self.send(&welcome).await.is_err() {
+            return "send failed";
+        }
+        match self.send_manifest().await {
+            Ok(()) => {}
+            Err(reason) => return reason,
+        }
+        let idle = Duration::from_millis(app.config.limits.idle_timeout_ms);
+        loop {
+            let message = tokio::select! {
+                _ = kicked.notified() => return "replaced or revoked",
+                message = tokio::time::timeout(idle, self.socket.recv()) => message,
+            };
+            let bytes = match message {
+                Err(_) => return "idle timeout",
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return "closed",
+                Ok(Some(Ok(Message::Binary(bytes)))) => bytes,
+                Ok(Some(Ok(Message::Text(_)))) => {
+                    let _ = self
+                        .send_error(codes::BAD_FRAME, "text frames are not used")
+                        .await;
+                    return "text frame";
+                }
+                Ok(Some(Ok(_))) => continue,
+            };
+            let frame = match decode_frame(&bytes, self.max_frame) {
+                Ok(frame) => frame,
+                Err(err) => {
+                    let _ = self.send(&err.to_frame()).await;
+                    return "bad frame";
+                }
+            };
+            METRICS.frames_in.with_label_values(&[frame.kind()]).inc();
+            match self.on_frame(frame).await {
+                Next::Continue => {}
+                Next::Close(reason) => return reason,
+            }
+        }
+    }
+
+    async fn send(&mut self, frame: &Frame) -> Result<(), ()> {
+        send(&mut self.socket, frame, self.max_frame).await
+    }
+
+    async fn send_error(&mut self, code: &str, message: &str) -> Result<(), ()> {
+        send_error(&mut self.socket, code, message, self.max_frame).await
+    }
+
+    async fn send_manifest(&mut self) -> Result<(), &'static str> {
+        let rows = self
+            .app
+            .store
+            .manifest(self.store_id.clone())
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "reading the manifest");
+                "storage error"
+            })?;
+        self.local_manifest = rows
+            .into_iter()
+            .filter_map(|(key, heads)| {
+                let key: DocumentKey = key.parse().ok()?;
+                let heads = heads
+                    .chunks_exact(32)
+                    .filter_map(|h| <[u8; 32]>::try_from(h).ok().map(Head))
+                    .collect();
+                Some((key, heads))
+            })
+            .collect();
+        for (key, _) in &self.local_manifest {
+            self.persisted.insert(key.clone());
+        }
+        let frames = manifest_frames(self.local_manifest.clone(), self.max_frame)
+            .map_err(|_| "manifest too large")?;
+        for frame in frames {
+            self.send(&frame).await.map_err(|_| "send failed")?;
+        }
+        Ok(())
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Next {
+        match frame {
+            Frame::Manifest { docs, more } => {
+                self.remote_manifest.extend(docs);
+                if !more {
+                    let remote = std::mem::take(&mut self.remote_manifest);
+                    let diff = self.peer.on_manifest(&self.local_manifest, &remote);
+                    tracing::debug!(
+                        store_id = %self.store_id,
+                        to_sync = diff.to_sync().len(),
+                        "manifests compared"
+                    );
+                }
+                Next::Continue
+            }
+            Frame::Sync { doc, message } => {
+                let answer = match self.on_sync(&doc, &message).await {
+                    Ok(answer) => answer,
+                    Err(frame) => {
+                        let ends = !matches!(&frame, Frame::Error { doc: Some(_), .. });
+                        if self.send(&frame).await.is_err() || ends {
+                            return Next::Close("sync error");
+                        }
+                        return Next::Continue;
+                    }
+                };
+                if self.send(&answer).await.is_err() {
+                    return Next::Close("send failed");
+                }
+                Next::Continue
+            }
+            Frame::Ack { doc, heads } => {
+                self.peer.on_ack(&doc, &heads);
+                Next::Continue
+            }
+            Frame::Ping => {
+                if self.send(&Frame::Pong).await.is_err() {
+                    return Next::Close("send failed");
+                }
+                Next::Continue
+            }
+            Frame::Pong => Next::Continue,
+            Frame::Error {
+                doc: Some(doc),
+                code,
+                ..
+            } => {
+                tracing::warn!(store_id = %self.store_id, doc = %doc, code, "store reported a document error");
+                self.peer.on_error(&doc);
+                Next::Continue
+            }
+            Frame::Error {
+                doc: None, code, ..
+            } => {
+                tracing::warn!(store_id = %self.store_id, code, "store ended the session");
+                Next::Close("error from the store")
+            }
+            other => {
+                let _ = self
+                    .send_error(
+                        codes::BAD_FRAME,
+                        &format!("{} is not valid now", other.kind()),
+                    )
+                    .await;
+                Next::Close("unexpected frame")
+            }
+        }
+    }
+
+    fn doc_error(doc: &DocumentKey, code: &str, message: impl Into<String>) -> Frame {
+        Frame::Error {
+            code: code.into(),
+            message: message.into(),
+            doc: Some(doc.clone()),
+        }
+    }
+
+    fn internal(err: impl std::fmt::Display) -> Frame {
+        tracing::error!(error = %err, "sync storage error");
+        Frame::Error {
+            code: codes::INTERNAL.into(),
+            message: "internal error; reconnect later".into(),
+            doc: None,
+        }
+    }
+
+    /// One received `sync`: the answer to send, or an error frame (session-ending when it has no
+    /// `doc`).
+    async fn on_sync(&mut self, key: &DocumentKey, message: &[u8]) -> Result<Frame, Frame> {
+        let Some(id) = key.conversation_id() else {
+            self.peer.on_error(key);
+            return Err(Self::doc_error(
+                key,
+                codes::NOT_ALLOWED,
+                "only conversations are synced from stores",
+            ));
+        };
+        let store = Arc::clone(&self.app.store);
+        if !self.docs.contains_key(key) {
+            let conversation = match store.load_document(key.to_string()).await {
+                Err(err) => return Err(Self::internal(err)),
+                Ok(Some((origin, _))) if origin != self.store_id => {
+                    self.peer.on_error(key);
+                    return Err(Self::doc_error(
+                        key,
+                        codes::NOT_ALLOWED,
+                        "the conversation belongs to another store",
+                    ));
+                }
+                Ok(Some((_, bytes))) => {
+                    self.persisted.insert(key.clone());
+                    Conversation::load(&bytes).map_err(Self::internal)?
+                }
+                Ok(None) => Conversation::empty_for_sync(id),
+            };
+            if !self.peer.has_state(key) {
+                match store
+                    .sync_state(self.store_id.clone(), key.to_string())
+                    .await
+                {
+                    Ok(Some(state)) => {
+                        if let Err(err) = self.peer.load_state(key.clone(), &state) {
+                            tracing::warn!(error = %err, "a stored sync state did not decode");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(err) => return Err(Self::internal(err)),
+                }
+            }
+            self.docs.insert(key.clone(), conversation);
+        }
+        let Some(conversation) = self.docs.get_mut(key) else {
+            return Err(Self::internal("document vanished"));
+        };
+        if let Err(err) = self.peer.receive(key, conversation, message) {
+            if !self.persisted.contains(key) {
+                self.docs.remove(key);
+            }
+            return Err(err.to_frame());
+        }
+        if !conversation.is_complete() {
+            // Not a conversation yet: neither stored nor listed until its skeleton arrives.
+            return Ok(self.peer.answer(key, conversation));
+        }
+        let meta = conversation.meta().map_err(Self::internal)?;
+        if meta.store_id != self.store_id || meta.id != id {
+            tracing::warn!(
+                store_id = %self.store_id,
+                doc = %key,
+                origin = %meta.store_id,
+                "refused a conversation of another store"
+            );
+            self.docs.remove(key);
+            self.peer.on_error(key);
+            self.peer.forget(key);
+            return Err(Self::doc_error(
+                key,
+                codes::NOT_ALLOWED,
+                "the conversation was not opened at this store",
+            ));
+        }
+        let new = !self.persisted.contains(key);
+        let chunk = if new {
+            conversation.save()
+        } else {
+            conversation.save_incremental()
+        };
+        let heads: Vec<u8> = conversation
+            .heads()
+            .iter()
+            .flat_map(|h| h.0.to_vec())
+            .collect();
+        let write = SyncWrite {
+            store_id: self.store_id.clone(),
+            doc_key: key.to_string(),
+            origin_store: meta.store_id,
+            chunk,
+            heads,
+            sync_state: self.peer.save_state(key),
+            now_ms: now_ms(),
+        };
+        let stored_chunk = !write.chunk.is_empty();
+        match store.save_synced(write).await {
+            Ok(created) => {
+                if created {
+                    METRICS.documents.inc();
+                }
+                if stored_chunk {
+                    METRICS.chunks_stored.inc();
+                }
+                self.persisted.insert(key.clone());
+            }
+            Err(err) => {
+                // The in-memory copy may now be ahead of the disk: drop it (it reloads).
+                self.docs.remove(key);
+                return Err(Self::internal(err));
+            }
+        }
+        let Some(conversation) = self.docs.get_mut(key) else {
+            return Err(Self::internal("document vanished"));
+        };
+        Ok(self.peer.answer(key, conversation))
+    }
+}
