@@ -42,14 +42,18 @@ type Sink = SplitSink<WebSocket, Message>;
 
 enum Session {
     Customer(CustomerId),
-    Staff { staff: StaffView, admin: bool },
+    Staff {
+        staff: StaffView,
+        admin: bool,
+        expires_at_ms: u64,
+    },
 }
 
 impl Session {
     fn actor(&self) -> Actor {
         match self {
             Session::Customer(id) => Actor::Customer(*id),
-            Session::Staff { staff, admin } => Actor::Staff {
+            Session::Staff { staff, admin, .. } => Actor::Staff {
                 id: staff.id,
                 admin: *admin,
             },
@@ -206,6 +210,15 @@ pub async fn serve(app: Arc<App>, socket: WebSocket, permit: OwnedSemaphorePermi
                 }
             }
             _ = heartbeat.tick() => {
+                if let Some(Session::Staff { expires_at_ms, .. }) = &ctx.session
+                    && now_ms() >= *expires_at_ms
+                {
+                    // The session ends for open tablets too, not only for new requests.
+                    let err = ApiError::new(Code::TokenExpired, "session expired; log in again");
+                    let _ = reply_error(&mut sink, &err, &Echo::default(), write_timeout).await;
+                    close(&mut sink, CLOSE_POLICY, "session expired", write_timeout).await;
+                    break;
+                }
                 if ctx.last_inbound.elapsed() > Duration::from_secs(limits.idle_timeout_secs) {
                     METRICS.limit("idle_timeout_secs");
                     close(&mut sink, CLOSE_NORMAL, "idle timeout", write_timeout).await;
@@ -848,6 +861,7 @@ async fn hello(
                 ctx.session = Some(Session::Staff {
                     staff: staff.clone(),
                     admin,
+                    expires_at_ms: session.expires_at_ms,
                 });
                 if came_online && let Err(err) = app.writer.submit(Command::StaffOnline) {
                     tracing::warn!(code = err.code.as_str(), "could not offer queued chats");

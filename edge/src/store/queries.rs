@@ -10,6 +10,8 @@ use crate::frame::{CustomerRef, MessageView, StaffRef, StaffView, StateView, Sum
 #[derive(Clone, Debug)]
 pub struct StaffSession {
     pub staff: StaffView,
+    /// When the session token stops working; open connections are closed then too.
+    pub expires_at_ms: u64,
 }
 
 impl StaffSession {
@@ -78,7 +80,10 @@ pub fn staff_by_session(
             Code::TokenExpired,
             "session expired; log in again",
         )),
-        Some((_, staff)) => Ok(StaffSession { staff }),
+        Some((expires, staff)) => Ok(StaffSession {
+            staff,
+            expires_at_ms: expires as u64,
+        }),
     }
 }
 
