@@ -10,14 +10,12 @@
 use std::path::Path;
 
 use aisle_sync::CustomerId;
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::error::{ApiError, Code};
 
@@ -27,44 +25,16 @@ const KEY_BYTES: usize = 32;
 const CODE_ALPHABET: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
 pub const HANDOFF_CODE_CHARS: usize = 8;
 
+pub use aisle_service::secret::{random_password, secret_hash as token_hash, verify_password};
+
+/// Argon2id (aisle-service), as an API error when it fails.
 pub fn hash_password(password: &str) -> Result<String, ApiError> {
-    let mut salt = [0u8; 16];
-    rand::rng().fill(&mut salt);
-    let salt = SaltString::encode_b64(&salt).map_err(ApiError::internal)?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(ApiError::internal)
+    aisle_service::secret::hash_password(password).map_err(ApiError::internal)
 }
 
-pub fn verify_password(hash: &str, password: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-        .unwrap_or(false)
-}
-
-/// A new session token and the hash to store.
+/// A new staff session token (`st_…`) and the hash to store.
 pub fn new_session_token() -> (String, Vec<u8>) {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill(&mut bytes);
-    let token = format!("st_{}", URL_SAFE_NO_PAD.encode(bytes));
-    let hash = token_hash(&token);
-    (token, hash)
-}
-
-pub fn token_hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
-
-pub fn random_password() -> String {
-    let mut rng = rand::rng();
-    (0..16)
-        .map(|_| CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())] as char)
-        .collect()
+    aisle_service::secret::new_secret("st")
 }
 
 pub fn handoff_code() -> String {

@@ -37,13 +37,7 @@ use crate::shutdown::Shutdown;
 use crate::store::reader::Reader;
 use crate::store::writer::Writer;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use aisle_service::now_ms;
 
 /// Everything a request handler or connection task needs; shared behind an `Arc`.
 pub struct App {

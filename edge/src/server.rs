@@ -31,7 +31,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let started = Instant::now();
     // Listen for signals before anything can answer: a SIGTERM right after the first
     // `/healthz` must drain, not kill.
-    let signal = Signals::install()?;
+    let signal = aisle_service::signals::Signals::install()
+        .map_err(|e| StartError::Other(format!("installing the SIGTERM handler: {e}")))?;
     std::fs::create_dir_all(&config.data).map_err(|source| StartError::DataDir {
         path: config.data.clone(),
         source,
@@ -190,33 +191,6 @@ async fn upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response 
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .on_upgrade(move |socket| connection::serve(app, socket, permit))
-}
-
-/// SIGTERM and Ctrl-C, registered at start.
-struct Signals {
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> Result<Self, StartError> {
-        Ok(Self {
-            #[cfg(unix)]
-            terminate: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .map_err(|e| StartError::Other(format!("installing the SIGTERM handler: {e}")))?,
-        })
-    }
-
-    async fn wait(mut self) {
-        #[cfg(unix)]
-        let terminate = self.terminate.recv();
-        #[cfg(not(unix))]
-        let terminate = std::future::pending::<Option<()>>();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = terminate => {},
-        }
-    }
 }
 
 /// An empty store gets one admin account; its login is printed once, on stdout.

@@ -25,6 +25,9 @@ const HUB_ID_FILE: &str = "hub-id";
 
 /// Runs the hub until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    // Before anything can answer: a SIGTERM right after the first `/healthz` must drain.
+    let signals = aisle_service::signals::Signals::install()
+        .map_err(|e| StartError::Other(format!("installing the SIGTERM handler: {e}")))?;
     std::fs::create_dir_all(&config.data).map_err(|source| StartError::DataDir {
         path: config.data.clone(),
         source,
@@ -67,7 +70,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         "aisle-hub listening"
     );
     axum::serve(listener, router(Arc::clone(&app)))
-        .with_graceful_shutdown(signal())
+        .with_graceful_shutdown(signals.wait())
         .await
         .map_err(|e| StartError::Other(format!("server: {e}")))?;
     store.stop();
@@ -103,26 +106,6 @@ async fn upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response 
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| sync::serve(app, socket, permit))
-}
-
-async fn signal() {
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(terminate) => terminate,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = terminate.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// The hub's storage identity: a ULID made on the first start and kept in the data directory.

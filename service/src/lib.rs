@@ -1,0 +1,14 @@
+//! `aisle-service`: the pieces both servers (`aisle-edge` in a store, `aisle-hub` in a region)
+//! need and that have nothing to do with chat: secrets, signals and the clock. One copy, so a
+//! fix (say, installing the SIGTERM handler before the first request) reaches both.
+
+pub mod secret;
+pub mod signals;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
