@@ -7,8 +7,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::Limits;
@@ -76,27 +74,11 @@ pub struct Overrides {
     pub data: Option<PathBuf>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
-    #[error("configuration file {0} does not exist")]
-    MissingFile(PathBuf),
-    #[error("configuration: {0}")]
-    Invalid(String),
-}
+pub use aisle_service::config::ConfigError;
 
 impl Config {
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(file) = file {
-            if !file.exists() {
-                return Err(ConfigError::MissingFile(file.to_path_buf()));
-            }
-            figment = figment.merge(Toml::file(file));
-        }
-        figment = figment.merge(Env::prefixed("AISLE_").split("__").ignore(&["config"]));
-        let mut config: Config = figment.extract().map_err(Box::new)?;
+        let mut config: Config = aisle_service::config::layered(file, "AISLE_")?;
         if let Some(listen) = overrides.listen {
             config.listen = listen;
         }

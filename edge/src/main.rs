@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use aisle_edge::config::{Config, Overrides};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of the system allocator: the writer thread allocates and frees many small
 /// objects per message (Automerge ops, SQLite rows, JSON), and glibc's per-thread arenas kept
@@ -45,28 +44,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("aisle-edge")
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("aisle-edge: cannot start the runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(aisle_edge::server::run(config)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("aisle-edge: {err}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    aisle_service::run::serve(
+        "aisle-edge",
+        &config.log.clone(),
+        aisle_edge::server::run(config),
+    )
 }

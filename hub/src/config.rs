@@ -8,8 +8,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::Limits;
@@ -59,27 +57,11 @@ pub struct Overrides {
     pub region: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
-    #[error("configuration file {0} does not exist")]
-    MissingFile(PathBuf),
-    #[error("configuration: {0}")]
-    Invalid(String),
-}
+pub use aisle_service::config::ConfigError;
 
 impl Config {
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(file) = file {
-            if !file.exists() {
-                return Err(ConfigError::MissingFile(file.to_path_buf()));
-            }
-            figment = figment.merge(Toml::file(file));
-        }
-        figment = figment.merge(Env::prefixed("AISLE_HUB_").split("__").ignore(&["config"]));
-        let mut config: Config = figment.extract().map_err(Box::new)?;
+        let mut config: Config = aisle_service::config::layered(file, "AISLE_HUB_")?;
         if let Some(listen) = overrides.listen {
             config.listen = listen;
         }

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use aisle_hub::config::{Config, Overrides};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,28 +42,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("aisle-hub")
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("aisle-hub: cannot start the runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(aisle_hub::server::run(config)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("aisle-hub: {err}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    aisle_service::run::serve(
+        "aisle-hub",
+        &config.log.clone(),
+        aisle_hub::server::run(config),
+    )
 }

@@ -1,7 +1,10 @@
 //! `aisle-service`: the pieces both servers (`aisle-edge` in a store, `aisle-hub` in a region)
-//! need and that have nothing to do with chat: secrets, signals and the clock. One copy, so a
+//! need and that have nothing to do with chat: layered configuration, the binary's `main`,
+//! secrets, signals and the clock. One copy, so a
 //! fix (say, installing the SIGTERM handler before the first request) reaches both.
 
+pub mod config;
+pub mod run;
 pub mod secret;
 pub mod signals;
 
