@@ -84,6 +84,24 @@ pub struct ParticipantRecord {
     pub joined_at_ms: u64,
 }
 
+/// Records that appeared in a document between two versions ([`Conversation::changes_since`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// New messages, in display order (sent_at_ms, id).
+    pub messages: Vec<MessageRecord>,
+    /// New session events, in id order.
+    pub events: Vec<Event>,
+    /// New or replaced participant records.
+    pub participants: Vec<ParticipantRecord>,
+}
+
+impl Delta {
+    /// Nothing appeared.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.events.is_empty() && self.participants.is_empty()
+    }
+}
+
 /// One chat message. Immutable once written.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageRecord {
@@ -298,6 +316,53 @@ impl Conversation {
     /// The current Automerge heads (identify this replica's version for sync and tests).
     pub fn heads(&mut self) -> Vec<ChangeHash> {
         self.doc.get_heads()
+    }
+
+    /// What changed between `before` (heads this replica held, e.g. before a sync round; empty
+    /// for "from nothing") and now: the messages, events and participant records that appeared.
+    /// Used to project a received round into the edge's and the hub's tables without reading
+    /// the whole document again. It may also name a record this replica already held, when two
+    /// replicas wrote the same record (a retried send reaching both): consumers insert
+    /// idempotently, by id.
+    pub fn changes_since(&mut self, before: &[ChangeHash]) -> Result<Delta, SyncError> {
+        let mut delta = Delta::default();
+        if !self.is_complete() {
+            return Ok(delta);
+        }
+        let after = self.doc.get_heads();
+        if before == after.as_slice() {
+            return Ok(delta);
+        }
+        let [participants, messages, events] = [PARTICIPANTS, MESSAGES, EVENTS]
+            .map(|name| self.container(name))
+            .map(Result::ok);
+        for patch in self.doc.diff(before, &after) {
+            let automerge::PatchAction::PutMap { key, value, .. } = patch.action else {
+                continue;
+            };
+            let bytes = match &value.0 {
+                automerge::Value::Scalar(s) => match s.as_ref() {
+                    automerge::ScalarValue::Bytes(b) => Some(b.as_slice()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if Some(&patch.obj) == messages.as_ref() {
+                let record: MessageRecord = decode(bytes, "message", &key)?;
+                check_key(record.key(), "message", &key)?;
+                delta.messages.push(record);
+            } else if Some(&patch.obj) == events.as_ref() {
+                let record: Event = decode(bytes, "event", &key)?;
+                check_key(record.key(), "event", &key)?;
+                delta.events.push(record);
+            } else if Some(&patch.obj) == participants.as_ref() {
+                let record: ParticipantRecord = decode(bytes, "participant", &key)?;
+                check_key(record.key(), "participant", &key)?;
+                delta.participants.push(record);
+            }
+        }
+        delta.messages.sort_by_key(|m| (m.sent_at_ms, m.id));
+        Ok(delta)
     }
 
     /// A replica of a conversation this peer has never held, to be filled by the sync protocol.

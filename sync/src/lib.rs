@@ -39,7 +39,7 @@ pub mod protocol;
 pub mod session;
 pub mod wire;
 
-pub use conversation::{Conversation, MessageRecord, Meta, ParticipantRecord};
+pub use conversation::{Conversation, Delta, MessageRecord, Meta, ParticipantRecord};
 pub use error::SyncError;
 pub use hlc::{Hlc, HlcClock};
 pub use ids::{ConversationId, CustomerId, EventId, MessageId, Participant, StaffId};

@@ -228,3 +228,49 @@ fn merge_pair(replicas: &mut [Conversation], x: usize, y: usize) {
     };
     rx.merge(ry).expect("merge");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// `changes_since` on a replica after a merge names exactly the records the other replica
+    /// had and this one lacked (what the edge and the hub project into their tables).
+    #[test]
+    fn changes_since_names_exactly_what_a_merge_brought((items, place, _, _) in scenario()) {
+        let mut a = Conversation::create(&meta()).expect("create");
+        let mut b = a.fork();
+        for (item, where_) in items.iter().zip(&place) {
+            if *where_ != 1 { add(&mut a, item); }
+            if *where_ != 0 { add(&mut b, item); }
+        }
+        let before = a.heads();
+        let had: BTreeSet<_> = a.messages().expect("messages").into_iter().map(|m| m.id).collect();
+        let had_events: BTreeSet<_> =
+            a.events().expect("events").into_iter().map(|e| e.id).collect();
+        a.merge(&mut b).expect("merge");
+        let delta = a.changes_since(&before).expect("delta");
+        let all_messages = a.messages().expect("messages");
+        let all_events = a.events().expect("events");
+        // Every record the merge brought is named; anything else named was held already (the
+        // same record written on both replicas) and is identical.
+        for m in all_messages.iter().filter(|m| !had.contains(&m.id)) {
+            prop_assert!(delta.messages.contains(m), "missing message {:?}", m.id);
+        }
+        for m in &delta.messages {
+            prop_assert!(all_messages.contains(m));
+        }
+        for e in all_events.iter().filter(|e| !had_events.contains(&e.id)) {
+            prop_assert!(delta.events.contains(e), "missing event {:?}", e.id);
+        }
+        for e in &delta.events {
+            prop_assert!(all_events.contains(e));
+        }
+        let mut ids: Vec<_> = delta.messages.iter().map(|m| m.id).collect();
+        ids.dedup();
+        prop_assert_eq!(ids.len(), delta.messages.len(), "a message named twice");
+        // From nothing: everything.
+        let all = a.changes_since(&[]).expect("delta from nothing");
+        prop_assert_eq!(all.messages, a.messages().expect("messages"));
+        let now = a.heads();
+        prop_assert_eq!(a.changes_since(&now).expect("no change"), aisle_sync::Delta::default());
+    }
+}
