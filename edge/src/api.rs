@@ -102,6 +102,7 @@ pub async fn healthz(State(app): AppState) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "store_id": app.config.store_id,
         "uptime_secs": app.started.elapsed().as_secs(),
+        "hub": app.uplink.status(),
     }))
 }
 
@@ -752,9 +753,11 @@ pub async fn redeem_handoff(State(app): AppState, Path(code): Path<String>) -> A
         return Err(ApiError::new(Code::NotFound, "no such hand-off code"));
     }
     let now = now_ms();
-    let (customer, conversation) = app
+    let local_code = code.clone();
+    let local = app
         .writer
         .exec(move |conn| {
+            let code = local_code;
             let row: Option<(String, String, i64, Option<i64>)> = conn
                 .query_row(
                     "SELECT customer_id, conversation_id, expires_at_ms, used_at_ms FROM handoffs WHERE code = ?1",
@@ -777,8 +780,18 @@ pub async fn redeem_handoff(State(app): AppState, Path(code): Path<String>) -> A
             )?;
             Ok((customer, conversation))
         })
-        .await?;
-    let customer: CustomerId = customer.parse().map_err(ApiError::internal)?;
+        .await;
+    let (customer, conversation): (CustomerId, String) = match local {
+        Ok((customer, conversation)) => {
+            (customer.parse().map_err(ApiError::internal)?, conversation)
+        }
+        // Not a code of this store: perhaps of another store of the region (continuation).
+        Err(err) if err.code == Code::NotFound && app.config.hub.url.is_some() => {
+            let imported = crate::uplink::continue_from_hub(&app, &code).await?;
+            (imported.customer_id, imported.conversation_id.to_string())
+        }
+        Err(err) => return Err(err),
+    };
     let token = app
         .tokens
         .sign(customer, now / 1000 + app.config.resume_token_ttl_secs);

@@ -32,7 +32,20 @@ pub struct Config {
     /// Lifetime of a device hand-off code.
     pub handoff_ttl_secs: u64,
     pub routing: Routing,
+    pub hub: HubLink,
     pub limits: Limits,
+}
+
+/// The region's hub this store syncs with. Unset `url`: the store runs on its own.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubLink {
+    /// Base URL of the hub (`http://hub.example:8090`); its sync endpoint is `/sync`.
+    pub url: Option<String>,
+    /// One-time enrollment token from the hub's admin. Exchanged for the store's credential at
+    /// the first start; the credential is kept in the data directory, so the token is not
+    /// needed afterwards.
+    pub enroll_token: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -62,6 +75,7 @@ impl Default for Config {
             resume_token_ttl_secs: 30 * 24 * 3600,
             handoff_ttl_secs: 600,
             routing: Routing::default(),
+            hub: HubLink::default(),
             limits: Limits::default(),
         }
     }
@@ -72,6 +86,8 @@ impl Default for Config {
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data: Option<PathBuf>,
+    pub hub: Option<String>,
+    pub enroll_token: Option<String>,
 }
 
 pub use aisle_service::config::ConfigError;
@@ -85,6 +101,12 @@ impl Config {
         if let Some(data) = &overrides.data {
             config.data = data.clone();
         }
+        if let Some(hub) = &overrides.hub {
+            config.hub.url = Some(hub.clone());
+        }
+        if let Some(token) = &overrides.enroll_token {
+            config.hub.enroll_token = Some(token.clone());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -95,6 +117,13 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "store_id must be 1 to 64 characters".into(),
             ));
+        }
+        if let Some(url) = &self.hub.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "hub.url must start with http:// or https:// (got {url})"
+            )));
         }
         if let Some(password) = &self.first_admin_password
             && password.chars().count() < 8
@@ -136,6 +165,7 @@ mod tests {
         let overrides = Overrides {
             listen: Some("127.0.0.1:9100".parse().unwrap()),
             data: Some("/tmp/x".into()),
+            ..Overrides::default()
         };
         let config = Config::load(Some(&file), &overrides).unwrap();
         assert_eq!(config.listen.port(), 9100);

@@ -996,7 +996,7 @@ async fn resume(
 
 /// Creates a single-use hand-off code for the customer's own conversation.
 pub async fn create_handoff(
-    app: &App,
+    app: &Arc<App>,
     customer: CustomerId,
     conversation: ConversationId,
 ) -> Result<(String, u64), ApiError> {
@@ -1025,5 +1025,6 @@ pub async fn create_handoff(
             Ok(())
         })
         .await?;
+    crate::uplink::register_handoff(app, &code, conversation, expires_at_ms);
     Ok((code, expires_at_ms))
 }

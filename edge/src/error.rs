@@ -37,6 +37,7 @@ pub enum Code {
     HandoffUsed,
     HandoffExpired,
     PayloadTooLarge,
+    HubUnavailable,
     Internal,
 }
 
@@ -69,6 +70,7 @@ impl Code {
             Code::HandoffUsed => "handoff_used",
             Code::HandoffExpired => "handoff_expired",
             Code::PayloadTooLarge => "payload_too_large",
+            Code::HubUnavailable => "hub_unavailable",
             Code::Internal => "internal",
         }
     }
@@ -99,6 +101,7 @@ impl Code {
             Code::Overloaded
             | Code::TooManyConnections
             | Code::SlowConsumer
+            | Code::HubUnavailable
             | Code::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

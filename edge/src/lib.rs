@@ -16,6 +16,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod delivery;
+pub mod enrollment;
 pub mod error;
 pub mod frame;
 pub mod limits;
@@ -24,6 +25,7 @@ pub mod routing;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod uplink;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,4 +54,8 @@ pub struct App {
     pub password_hashes: Semaphore,
     pub shutdown: Shutdown,
     pub started: Instant,
+    /// Conversations changed since the uplink last looked (filled by the writer).
+    pub changes: Arc<store::writer::replica::Changes>,
+    /// The link to the region's hub (idle when no hub is configured).
+    pub uplink: uplink::Uplink,
 }

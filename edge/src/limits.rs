@@ -64,6 +64,23 @@ pub struct Limits {
     pub shutdown_grace_ms: u64,
     /// Concurrent password hashes (Argon2 costs ~20 MiB and tens of ms each).
     pub max_concurrent_password_hashes: usize,
+    /// Longest frame on the sync connection to the hub, either way. A document's first sync
+    /// carries the whole document, so documents larger than this (less the envelope) are not
+    /// synced (`document_too_large`, counted).
+    pub max_sync_frame_bytes: usize,
+    /// Conversations with a `sync` sent to the hub and not yet answered (the sync window).
+    pub max_sync_docs_in_flight: usize,
+    /// Hub frames being applied by the writer at once; past this the uplink stops reading its
+    /// socket (TCP back-pressure on the hub).
+    pub max_sync_pending_frames: usize,
+    /// Time to connect to the hub and get its `welcome`.
+    pub sync_connect_timeout_ms: u64,
+    /// The hub connection is retried after a doubling delay between these two.
+    pub sync_retry_min_ms: u64,
+    pub sync_retry_max_ms: u64,
+    /// After a refusal (revoked, wrong region, unknown store, bad credential) the hub is asked
+    /// again only this rarely: an operator has to act first.
+    pub sync_refused_retry_ms: u64,
 }
 
 impl Default for Limits {
@@ -94,6 +111,13 @@ impl Default for Limits {
             write_timeout_ms: 10_000,
             shutdown_grace_ms: 5_000,
             max_concurrent_password_hashes: 2,
+            max_sync_frame_bytes: 8 * 1024 * 1024 + 64 * 1024,
+            max_sync_docs_in_flight: 32,
+            max_sync_pending_frames: 256,
+            sync_connect_timeout_ms: 10_000,
+            sync_retry_min_ms: 250,
+            sync_retry_max_ms: 30_000,
+            sync_refused_retry_ms: 300_000,
         }
     }
 }
@@ -120,6 +144,8 @@ impl Limits {
                 "max_concurrent_password_hashes",
                 self.max_concurrent_password_hashes,
             ),
+            ("max_sync_docs_in_flight", self.max_sync_docs_in_flight),
+            ("max_sync_pending_frames", self.max_sync_pending_frames),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -139,7 +165,26 @@ impl Limits {
         {
             return Err("limits.idle_timeout_secs must exceed heartbeat_interval_secs > 0".into());
         }
+        if self.max_sync_frame_bytes < 64 * 1024 {
+            return Err("limits.max_sync_frame_bytes must be at least 65536".into());
+        }
+        if self.sync_retry_min_ms == 0 || self.sync_retry_max_ms < self.sync_retry_min_ms {
+            return Err("limits.sync_retry_max_ms must be >= sync_retry_min_ms > 0".into());
+        }
         Ok(())
+    }
+
+    /// The sync protocol's limits for the hub connection.
+    pub fn sync(&self) -> aisle_sync::Limits {
+        aisle_sync::Limits {
+            max_frame_bytes: self.max_sync_frame_bytes,
+            max_docs_in_flight: self.max_sync_docs_in_flight,
+            // A document's first sync fills one frame: larger documents are refused per
+            // document (`document_too_large`), never by dropping the session.
+            max_document_bytes: self
+                .max_document_bytes
+                .min(self.max_sync_frame_bytes - aisle_sync::protocol::FRAME_OVERHEAD_BYTES),
+        }
     }
 }
 

@@ -26,6 +26,12 @@ struct Cli {
     /// Data directory (default ./data).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// The region's hub to sync with, e.g. http://hub:8090 (config `hub.url`).
+    #[arg(long, value_name = "URL")]
+    hub: Option<String>,
+    /// One-time enrollment token from the hub's admin (config `hub.enroll_token`).
+    #[arg(long, value_name = "TOKEN")]
+    enroll: Option<String>,
     /// TOML configuration file.
     #[arg(long, value_name = "FILE", env = "AISLE_CONFIG")]
     config: Option<PathBuf>,
@@ -36,6 +42,8 @@ fn main() -> std::process::ExitCode {
     let overrides = Overrides {
         listen: cli.listen,
         data: cli.data,
+        hub: cli.hub,
+        enroll_token: cli.enroll,
     };
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,

@@ -30,6 +30,11 @@ pub struct Metrics {
     pub document_compactions: IntCounter,
     pub conversations_started: IntCounter,
     pub state_changes: IntCounterVec,
+    pub messages_merged: IntCounter,
+    pub conversations_adopted: IntCounter,
+    pub sync_frames: IntCounterVec,
+    pub sync_errors: IntCounterVec,
+    pub hub_connected: IntGauge,
 }
 
 impl Metrics {
@@ -124,6 +129,37 @@ impl Metrics {
             &["kind"],
         )
         .expect("metric");
+        let messages_merged = IntCounter::new(
+            "aisle_messages_merged_total",
+            "Messages written at another store that arrived here through the hub",
+        )
+        .expect("metric");
+        let conversations_adopted = IntCounter::new(
+            "aisle_conversations_adopted_total",
+            "Conversations opened at another store that this store now holds",
+        )
+        .expect("metric");
+        let sync_frames = IntCounterVec::new(
+            Opts::new(
+                "aisle_sync_frames_total",
+                "Frames on the sync connection to the hub, by direction and type",
+            ),
+            &["direction", "type"],
+        )
+        .expect("metric");
+        let sync_errors = IntCounterVec::new(
+            Opts::new(
+                "aisle_sync_errors_total",
+                "Sync errors and refusals (either side), by code",
+            ),
+            &["code"],
+        )
+        .expect("metric");
+        let hub_connected = IntGauge::new(
+            "aisle_hub_connected",
+            "1 while the sync connection to the region's hub is up",
+        )
+        .expect("metric");
 
         for collector in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
@@ -140,6 +176,11 @@ impl Metrics {
             Box::new(document_compactions.clone()),
             Box::new(conversations_started.clone()),
             Box::new(state_changes.clone()),
+            Box::new(messages_merged.clone()),
+            Box::new(conversations_adopted.clone()),
+            Box::new(sync_frames.clone()),
+            Box::new(sync_errors.clone()),
+            Box::new(hub_connected.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -159,7 +200,17 @@ impl Metrics {
             document_compactions,
             conversations_started,
             state_changes,
+            messages_merged,
+            conversations_adopted,
+            sync_frames,
+            sync_errors,
+            hub_connected,
         }
+    }
+
+    /// A sync error or refusal, by its protocol code.
+    pub fn sync_error(&self, code: &str) {
+        self.sync_errors.with_label_values(&[code]).inc();
     }
 
     pub fn error(&self, code: Code) {

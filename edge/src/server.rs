@@ -20,6 +20,7 @@ use crate::error::{ApiError, Code, StartError};
 use crate::frame::StaffView;
 use crate::metrics::METRICS;
 use crate::shutdown::Shutdown;
+use crate::store::writer::replica::Changes;
 use crate::store::{self, queries, reader::Reader, writer::Writer};
 use crate::{App, connection};
 
@@ -52,11 +53,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (stop_checkpoints, checkpoint_stop) = std::sync::mpsc::channel();
     let checkpoint_thread = store::checkpoint::start(&db_path, checkpoint_stop)?;
     let delivery = Arc::new(Delivery::new());
+    let changes = Arc::new(Changes::default());
     let (writer, writer_thread) = Writer::start(
         conn,
         config.limits.clone(),
         config.store_id.clone(),
         Arc::clone(&delivery),
+        Arc::clone(&changes),
     )
     .map_err(|e| StartError::Other(format!("starting the writer thread: {e}")))?;
 
@@ -81,8 +84,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tokens,
         shutdown,
         started,
+        changes,
+        uplink: Default::default(),
     });
     let router = router(Arc::clone(&app));
+    let uplink = tokio::spawn(crate::uplink::run(Arc::clone(&app)));
     tracing::info!(
         addr = %local,
         store_id = %app.config.store_id,
@@ -114,6 +120,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     {
         tracing::warn!("some connections did not finish within the grace period");
     }
+    let _ = tokio::time::timeout(grace, uplink).await;
     writer.stop();
     drop(app);
     let _ = tokio::task::spawn_blocking(move || {

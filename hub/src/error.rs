@@ -22,6 +22,9 @@ pub enum Code {
     TokenUsed,
     PayloadTooLarge,
     TooManyConnections,
+    HandoffUsed,
+    HandoffExpired,
+    NotSynced,
     Internal,
 }
 
@@ -42,6 +45,9 @@ impl Code {
             Code::TokenUsed => "token_used",
             Code::PayloadTooLarge => "payload_too_large",
             Code::TooManyConnections => "too_many_connections",
+            Code::HandoffUsed => "handoff_used",
+            Code::HandoffExpired => "handoff_expired",
+            Code::NotSynced => "not_synced",
             Code::Internal => "internal",
         }
     }
@@ -56,7 +62,9 @@ impl Code {
             Code::Forbidden | Code::Revoked => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Code::StoreExists | Code::TokenUsed => StatusCode::CONFLICT,
+            Code::StoreExists | Code::TokenUsed | Code::HandoffUsed => StatusCode::CONFLICT,
+            Code::HandoffExpired => StatusCode::GONE,
+            Code::NotSynced => StatusCode::SERVICE_UNAVAILABLE,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,

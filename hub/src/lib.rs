@@ -13,6 +13,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod continuation;
 pub mod error;
 pub mod limits;
 pub mod metrics;
@@ -39,6 +40,8 @@ pub struct App {
     pub store: Arc<dyn HubStore>,
     /// Connected stores (one sync connection each).
     pub registry: Registry,
+    /// Documents continued at stores other than their origin.
+    pub shares: continuation::Shares,
     /// One permit per open sync connection.
     pub sync_connections: Arc<Semaphore>,
     /// Bounds concurrent Argon2 work.

@@ -17,6 +17,7 @@ pub struct Metrics {
     /// Documents held by the hub (set at start, raised when a new one is stored).
     pub documents: IntGauge,
     pub chunks_stored: IntCounter,
+    pub continuations: IntCounter,
     pub refused: IntCounterVec,
     pub errors: IntCounterVec,
     pub stores: IntGaugeVec,
@@ -46,6 +47,11 @@ impl Metrics {
         );
         let documents =
             IntGauge::new("aisle_hub_documents", "Documents stored by the hub").expect("metric");
+        let continuations = IntCounter::new(
+            "aisle_hub_continuations_total",
+            "Conversations continued at a store other than the one that opened them",
+        )
+        .expect("metric");
         let chunks_stored = IntCounter::new(
             "aisle_hub_document_chunks_stored_total",
             "Document chunks committed (one per received change set)",
@@ -72,6 +78,7 @@ impl Metrics {
             Box::new(frames_out.clone()),
             Box::new(documents.clone()),
             Box::new(chunks_stored.clone()),
+            Box::new(continuations.clone()),
             Box::new(refused.clone()),
             Box::new(errors.clone()),
             Box::new(stores.clone()),
@@ -85,6 +92,7 @@ impl Metrics {
             frames_out,
             documents,
             chunks_stored,
+            continuations,
             refused,
             errors,
             stores,

@@ -61,6 +61,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         hub_id,
         store: Arc::clone(&store) as Arc<dyn HubStore>,
         registry: Registry::default(),
+        shares: crate::continuation::Shares::load(store.shares().await?),
         config,
     });
     tracing::info!(
@@ -86,6 +87,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/sync", get(upgrade))
         .route("/api/login", post(api::login))
         .route("/api/enroll", post(api::enroll))
+        .route("/api/handoffs", post(crate::continuation::register))
+        .route("/api/continuations", post(crate::continuation::redeem))
         .route("/api/stores", get(api::list_stores).post(api::create_store))
         .route("/api/stores/{id}/revoke", post(api::revoke_store))
         .fallback(api::not_found)

@@ -26,28 +26,66 @@ use crate::{App, auth, now_ms};
 /// The connected stores: at most one sync connection each (a newer one replaces the older).
 #[derive(Default)]
 pub struct Registry {
-    connections: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
+    connections: Mutex<HashMap<String, Connected>>,
     next_id: AtomicU64,
+}
+
+struct Connected {
+    id: u64,
+    /// Tells the connection to close (replaced or revoked).
+    kick: Arc<Notify>,
+    /// Documents changed by another store that this store shares.
+    pushes: Arc<Pushes>,
+}
+
+/// Documents to push to one connected store: a set (bounded by the documents the store
+/// shares), drained by its session.
+#[derive(Default)]
+pub struct Pushes {
+    keys: Mutex<HashSet<DocumentKey>>,
+    notify: Notify,
+}
+
+impl Pushes {
+    fn mark(&self, key: DocumentKey) {
+        if let Ok(mut keys) = self.keys.lock() {
+            keys.insert(key);
+        }
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Vec<DocumentKey> {
+        self.keys
+            .lock()
+            .map(|mut keys| keys.drain().collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Registry {
     /// Registers a connection of `store_id`, telling an older one to close. Returns its id and
     /// the signal that tells it to close.
-    fn register(&self, store_id: &str) -> (u64, Arc<Notify>) {
+    fn register(&self, store_id: &str) -> (u64, Arc<Notify>, Arc<Pushes>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let notify = Arc::new(Notify::new());
+        let kick = Arc::new(Notify::new());
+        let pushes = Arc::new(Pushes::default());
         if let Ok(mut map) = self.connections.lock() {
-            if let Some((_, old)) = map.insert(store_id.to_owned(), (id, Arc::clone(&notify))) {
-                old.notify_one();
+            let connected = Connected {
+                id,
+                kick: Arc::clone(&kick),
+                pushes: Arc::clone(&pushes),
+            };
+            if let Some(old) = map.insert(store_id.to_owned(), connected) {
+                old.kick.notify_one();
             }
             METRICS.connected_stores.set(map.len() as i64);
         }
-        (id, notify)
+        (id, kick, pushes)
     }
 
     fn unregister(&self, store_id: &str, id: u64) {
         if let Ok(mut map) = self.connections.lock() {
-            if map.get(store_id).is_some_and(|(current, _)| *current == id) {
+            if map.get(store_id).is_some_and(|c| c.id == id) {
                 map.remove(store_id);
             }
             METRICS.connected_stores.set(map.len() as i64);
@@ -57,9 +95,19 @@ impl Registry {
     /// Closes the store's connection, if it has one (after a revocation).
     pub fn disconnect(&self, store_id: &str) {
         if let Ok(map) = self.connections.lock()
-            && let Some((_, notify)) = map.get(store_id)
+            && let Some(connected) = map.get(store_id)
         {
-            notify.notify_one();
+            connected.kick.notify_one();
+        }
+    }
+
+    /// Tells `store_id`'s session (if connected) that `key` changed at another store. A store
+    /// that is offline finds the change in the manifest of its next session.
+    fn push(&self, store_id: &str, key: &DocumentKey) {
+        if let Ok(map) = self.connections.lock()
+            && let Some(connected) = map.get(store_id)
+        {
+            connected.pushes.mark(key.clone());
         }
     }
 
@@ -147,7 +195,7 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, _permit: OwnedSemaphore
         refuse(&mut socket, code, &message, max_frame).await;
         return;
     }
-    let (id, kicked) = app.registry.register(&store_id);
+    let (id, kicked, pushes) = app.registry.register(&store_id);
     let _registered = Registered {
         app: Arc::clone(&app),
         store_id: store_id.clone(),
@@ -165,12 +213,14 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, _permit: OwnedSemaphore
         socket,
         max_frame,
     };
-    let reason = session.run(kicked).await;
+    let reason = session.run(kicked, pushes).await;
     tracing::info!(store_id = %session.store_id, reason, "store disconnected");
     let _ = session.socket.send(Message::Close(None)).await;
 }
 
-async fn check_hello(
+/// The checks of a `hello` (also used for the store-authenticated HTTP endpoints): the error
+/// code and message of a refusal.
+pub(crate) async fn check_hello(
     app: &App,
     store_id: &str,
     region: &str,
@@ -271,7 +321,7 @@ enum Next {
 }
 
 impl Session {
-    async fn run(&mut self, kicked: Arc<Notify>) -> &'static str {
+    async fn run(&mut self, kicked: Arc<Notify>, pushes: Arc<Pushes>) -> &'static str {
         let app = Arc::clone(&self.app);
         if let Err(err) = app.store.touch_store(self.store_id.clone(), now_ms()).await {
             tracing::error!(error = %err, "recording the connection");
@@ -289,8 +339,20 @@ impl Session {
         }
         let idle = Duration::from_millis(app.config.limits.idle_timeout_ms);
         loop {
+            if let Err(reason) = self.pump().await {
+                return reason;
+            }
             let message = tokio::select! {
                 _ = kicked.notified() => return "replaced or revoked",
+                _ = pushes.notify.notified() => {
+                    for key in pushes.take() {
+                        if let Err(reason) = self.refresh(&key).await {
+                            return reason;
+                        }
+                        self.peer.want(key);
+                    }
+                    continue;
+                }
                 message = tokio::time::timeout(idle, self.socket.recv()) => message,
             };
             let bytes = match message {
@@ -429,6 +491,89 @@ impl Session {
         }
     }
 
+    /// Starts rounds for documents to push while the window has room.
+    async fn pump(&mut self) -> Result<(), &'static str> {
+        while let Some(key) = self.peer.next_ready() {
+            if !self.docs.contains_key(&key) && self.refresh(&key).await.is_err() {
+                continue;
+            }
+            let Some(doc) = self.docs.get_mut(&key) else {
+                continue;
+            };
+            if let Some(frame) = self.peer.generate(&key, doc) {
+                self.send(&frame).await.map_err(|_| "send failed")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings this session's copy of `key` up to date with storage (another store's session
+    /// stored changes) and loads the store's sync state for it.
+    async fn refresh(&mut self, key: &DocumentKey) -> Result<(), &'static str> {
+        let store = Arc::clone(&self.app.store);
+        let Some((_, bytes)) = store.load_document(key.to_string()).await.map_err(|err| {
+            tracing::error!(error = %err, "loading a document to push");
+            "storage error"
+        })?
+        else {
+            return Ok(());
+        };
+        let mut stored = match Conversation::load(&bytes) {
+            Ok(doc) => doc,
+            Err(err) => {
+                tracing::error!(doc = %key, error = %err, "a stored document does not load");
+                return Ok(());
+            }
+        };
+        match self.docs.get_mut(key) {
+            Some(cached) => {
+                if let Err(err) = cached.merge(&mut stored) {
+                    tracing::error!(doc = %key, error = %err, "merging a stored document");
+                    return Ok(());
+                }
+                // What the merge brought is on disk already: move the save cursor past it.
+                let _ = cached.save_incremental();
+            }
+            None => {
+                let _ = stored.save_incremental();
+                self.docs.insert(key.clone(), stored);
+            }
+        }
+        self.persisted.insert(key.clone());
+        if !self.peer.has_state(key) {
+            match store
+                .sync_state(self.store_id.clone(), key.to_string())
+                .await
+            {
+                Ok(Some(state)) => {
+                    if let Err(err) = self.peer.load_state(key.clone(), &state) {
+                        tracing::warn!(error = %err, "a stored sync state did not decode");
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::error!(error = %err, "loading a sync state");
+                    return Err("storage error");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stores other than this one that sync `key` (its origin and the stores it was
+    /// continued at) hear that it changed.
+    fn push_to_others(&self, key: &DocumentKey, origin: &str) {
+        let registry = &self.app.registry;
+        if origin != self.store_id {
+            registry.push(origin, key);
+        }
+        for store in self.app.shares.stores_of(&key.to_string()) {
+            if store != self.store_id {
+                registry.push(&store, key);
+            }
+        }
+    }
+
     fn doc_error(doc: &DocumentKey, code: &str, message: impl Into<String>) -> Frame {
         Frame::Error {
             code: code.into(),
@@ -461,7 +606,10 @@ impl Session {
         if !self.docs.contains_key(key) {
             let conversation = match store.load_document(key.to_string()).await {
                 Err(err) => return Err(Self::internal(err)),
-                Ok(Some((origin, _))) if origin != self.store_id => {
+                Ok(Some((origin, _)))
+                    if origin != self.store_id
+                        && !self.app.shares.allows(&key.to_string(), &self.store_id) =>
+                {
                     self.peer.on_error(key);
                     return Err(Self::doc_error(
                         key,
@@ -505,7 +653,8 @@ impl Session {
             return Ok(self.peer.answer(key, conversation));
         }
         let meta = conversation.meta().map_err(Self::internal)?;
-        if meta.store_id != self.store_id || meta.id != id {
+        let shared = self.app.shares.allows(&key.to_string(), &self.store_id);
+        if (meta.store_id != self.store_id && !shared) || meta.id != id {
             tracing::warn!(
                 store_id = %self.store_id,
                 doc = %key,
@@ -532,6 +681,7 @@ impl Session {
             .iter()
             .flat_map(|h| h.0.to_vec())
             .collect();
+        let origin = meta.store_id.clone();
         let write = SyncWrite {
             store_id: self.store_id.clone(),
             doc_key: key.to_string(),
@@ -549,6 +699,7 @@ impl Session {
                 }
                 if stored_chunk {
                     METRICS.chunks_stored.inc();
+                    self.push_to_others(key, &origin);
                 }
                 self.persisted.insert(key.clone());
             }

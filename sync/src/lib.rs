@@ -39,6 +39,8 @@ pub mod protocol;
 pub mod session;
 pub mod wire;
 
+/// Automerge's change hash (document heads), re-exported so users need not depend on automerge.
+pub use automerge::ChangeHash;
 pub use conversation::{Conversation, Delta, MessageRecord, Meta, ParticipantRecord};
 pub use error::SyncError;
 pub use hlc::{Hlc, HlcClock};

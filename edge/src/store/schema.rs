@@ -128,6 +128,25 @@ const MIGRATIONS: &[&str] = &[
         used_at_ms      INTEGER
     ) WITHOUT ROWID;
     "#,
+    // 2: sync with the region's hub.
+    r#"
+    -- The document's heads after each write (the sync manifest is read from here, not from
+    -- the documents), and the heads the hub acknowledged holding durably (from its `ack`s).
+    -- A conversation is synced when the two are equal.
+    ALTER TABLE conversations ADD COLUMN heads BLOB;
+    ALTER TABLE conversations ADD COLUMN hub_heads BLOB;
+    -- The store that opened the conversation (another store's for a continued conversation).
+    ALTER TABLE conversations ADD COLUMN origin_store TEXT;
+
+    -- Automerge sync state per (hub storage, document): only the shared heads, so the next
+    -- session sends just what changed. Written in the transaction that stores the document.
+    CREATE TABLE sync_states (
+        conversation INTEGER NOT NULL REFERENCES conversations(rowid),
+        hub_id       TEXT NOT NULL,
+        state        BLOB NOT NULL,
+        PRIMARY KEY (conversation, hub_id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Number of migrations this binary knows.

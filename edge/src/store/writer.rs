@@ -34,6 +34,8 @@ use crate::metrics::METRICS;
 use crate::now_ms;
 use crate::routing::{self, Candidate};
 
+pub mod replica;
+
 /// Who acts: customers act on their own conversations, staff on the store's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Actor {
@@ -114,6 +116,12 @@ pub enum Command {
     Read(ReadCmd),
     /// A staff member opened their first connection: give them queued chats.
     StaffOnline,
+    /// A sync message from the hub for one conversation ([`replica`]).
+    SyncIn(replica::SyncInCmd),
+    /// Sync messages to the hub for conversations that changed ([`replica`]).
+    SyncOut(replica::SyncOutCmd),
+    /// A whole conversation document from the hub (a conversation continued here).
+    Import(replica::ImportCmd),
     Exec(ExecJob),
     /// Finish what is queued before this, then stop the thread.
     Stop,
@@ -132,6 +140,7 @@ impl Writer {
         limits: Limits,
         store_id: String,
         delivery: Arc<Delivery>,
+        changes: Arc<replica::Changes>,
     ) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
         let (commands, rx) = sync_channel(limits.max_write_queue);
         let state = State {
@@ -144,6 +153,8 @@ impl Writer {
             delivery,
             limits,
             store_id,
+            changes,
+            incoming: HashMap::new(),
         };
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -167,6 +178,21 @@ impl Writer {
                 ))
             }
             Err(TrySendError::Disconnected(_)) => Err(stopping()),
+        }
+    }
+
+    /// Queues a command without waiting; a full queue hands it back (`Err(Some)`) for the
+    /// caller to retry later, a stopped writer is `Err(None)`. For the uplink, which waits for
+    /// room instead of failing. (The command comes back by value: it is moved, not copied.)
+    #[allow(clippy::result_large_err)]
+    pub fn submit_or_return(&self, command: Command) -> Result<(), Option<Command>> {
+        match self.commands.try_send(command) {
+            Ok(()) => {
+                METRICS.write_queue_depth.inc();
+                Ok(())
+            }
+            Err(TrySendError::Full(command)) => Err(Some(command)),
+            Err(TrySendError::Disconnected(_)) => Err(None),
         }
     }
 
@@ -240,6 +266,10 @@ struct State {
     delivery: Arc<Delivery>,
     limits: Limits,
     store_id: String,
+    /// Conversations whose documents changed, for the uplink to sync.
+    changes: Arc<replica::Changes>,
+    /// Documents the hub is sending that this store never held, until their skeleton arrives.
+    incoming: HashMap<ConversationId, Conversation>,
 }
 
 /// What a batch tells the world once it has committed.
@@ -337,7 +367,7 @@ fn run_batch(conn: &mut Connection, state: &mut State, commands: Vec<Command>) {
     let started = Instant::now();
     let count = commands.len();
     let mut out = Outbox::default();
-    let result = (|| -> Result<(), ApiError> {
+    let result = (|| -> Result<Vec<ConversationId>, ApiError> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for command in commands {
             apply(&tx, state, command, &mut out)?;
@@ -345,16 +375,17 @@ fn run_batch(conn: &mut Connection, state: &mut State, commands: Vec<Command>) {
         if out.drain_queue {
             drain_queue(&tx, state, &mut out)?;
         }
-        flush_dirty(&tx, state)?;
+        let changed = flush_dirty(&tx, state)?;
         tx.commit()?;
-        Ok(())
+        Ok(changed)
     })();
     METRICS.commit_batch_commands.observe(count as f64);
     METRICS
         .commit_seconds
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(()) => {
+        Ok(changed) => {
+            state.changes.mark(&changed);
             for (conversation, audience) in out.audiences {
                 state.delivery.set_audience(conversation, audience);
             }
@@ -453,6 +484,29 @@ fn apply(
             }
         }
         Command::StaffOnline => out.drain_queue = true,
+        Command::SyncIn(cmd) => {
+            let reply = cmd.reply;
+            let result = refusal_or_abort(replica::sync_in(
+                db,
+                state,
+                &cmd.session,
+                &cmd.key,
+                &cmd.message,
+                out,
+            ))?;
+            out.reply(reply, result.map(|frame| vec![frame]));
+        }
+        Command::SyncOut(cmd) => {
+            let reply = cmd.reply;
+            let result =
+                refusal_or_abort(replica::sync_out(db, state, &cmd.session, cmd.keys, out))?;
+            out.reply(reply, result);
+        }
+        Command::Import(cmd) => {
+            let reply = cmd.reply;
+            let result = refusal_or_abort(replica::import(db, state, cmd.bytes, out))?;
+            out.reply(reply, result);
+        }
         Command::Exec(_) | Command::Stop => unreachable!("separated before the batch"),
     }
     Ok(())
@@ -619,7 +673,7 @@ fn write(db: &Connection, hot: &mut Hot, chunk: Chunk) -> Result<(), ApiError> {
     db.prepare_cached(
         "UPDATE conversations SET status = ?2, agent_id = ?3, previous_agent_id = ?4,
             snoozed_until_ms = ?5, state_version = ?6, last_seq = ?7, last_message_at_ms = ?8,
-            first_response_at_ms = ?9, resolved_at_ms = ?10, doc_bytes = ?11
+            first_response_at_ms = ?9, resolved_at_ms = ?10, doc_bytes = ?11, heads = ?12
          WHERE rowid = ?1",
     )?
     .execute(params![
@@ -634,6 +688,7 @@ fn write(db: &Connection, hot: &mut Hot, chunk: Chunk) -> Result<(), ApiError> {
         hot.first_response_at_ms.map(|v| v as i64),
         hot.resolved_at_ms.map(|v| v as i64),
         hot.doc_bytes() as i64,
+        replica::heads_bytes(&hot.doc.heads()),
     ])?;
     hot.dirty = false;
     Ok(())
@@ -647,7 +702,7 @@ fn flush(db: &Connection, hot: &mut Hot) -> Result<(), ApiError> {
 
 /// Writes every changed document of the batch: the Automerge work split over two threads when
 /// there is enough of it, the SQLite work on the writer thread.
-fn flush_dirty(db: &Connection, state: &mut State) -> Result<(), ApiError> {
+fn flush_dirty(db: &Connection, state: &mut State) -> Result<Vec<ConversationId>, ApiError> {
     let mut dirty: Vec<&mut Hot> = state
         .docs
         .iter_mut()
@@ -670,10 +725,15 @@ fn flush_dirty(db: &Connection, state: &mut State) -> Result<(), ApiError> {
     } else {
         dirty.iter_mut().map(|h| prepare(h)).collect()
     };
+    let mut changed = Vec::new();
     for (hot, chunk) in dirty.into_iter().zip(chunks) {
-        write(db, hot, chunk?)?;
+        let chunk = chunk?;
+        if !matches!(chunk, Chunk::None) {
+            changed.push(hot.meta.id);
+        }
+        write(db, hot, chunk)?;
     }
-    Ok(())
+    Ok(changed)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -907,13 +967,15 @@ fn start(
     })?;
     let fold = doc.fold()?;
     db.prepare_cached(
-        "INSERT INTO conversations (id, customer_id, status, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO conversations (id, customer_id, status, created_at_ms, origin_store)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![
         id.to_string(),
         customer.to_string(),
         fold.state.status.as_str(),
-        now as i64
+        now as i64,
+        state.store_id,
     ])?;
     let rowid = db.last_insert_rowid();
     let hot = Hot {

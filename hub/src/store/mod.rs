@@ -89,6 +89,30 @@ pub struct SyncWrite {
     pub now_ms: u64,
 }
 
+/// A hand-off code a store registered so the customer can continue at another store.
+#[derive(Clone, Debug)]
+pub struct NewHandoff {
+    pub code_hash: Vec<u8>,
+    pub doc_key: String,
+    pub store_id: String,
+    pub expires_at_ms: u64,
+}
+
+/// What redeeming a hand-off code at a store came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Redeemed {
+    /// The store now shares the document (`origin_store` opened it).
+    Shared {
+        doc_key: String,
+        origin_store: String,
+    },
+    Unknown,
+    Used,
+    Expired,
+    /// The issuing store has not synced the conversation to the hub yet.
+    NotSynced,
+}
+
 /// The hub's storage.
 pub trait HubStore: Send + Sync + 'static {
     fn count_accounts(&self) -> BoxFuture<'_, StoreResult<u64>>;
@@ -140,4 +164,17 @@ pub trait HubStore: Send + Sync + 'static {
     /// the document was new.
     fn save_synced(&self, write: SyncWrite) -> BoxFuture<'_, StoreResult<bool>>;
     fn count_documents(&self) -> BoxFuture<'_, StoreResult<u64>>;
+
+    /// Registers a hand-off code issued by `store_id` (idempotent for the same code).
+    fn register_handoff(&self, handoff: NewHandoff) -> BoxFuture<'_, StoreResult<()>>;
+    /// Redeems a code at `store_id`: checks it, marks it used and shares the document with the
+    /// store, in one transaction.
+    fn redeem_handoff(
+        &self,
+        code_hash: Vec<u8>,
+        store_id: String,
+        now_ms: u64,
+    ) -> BoxFuture<'_, StoreResult<Redeemed>>;
+    /// Every (document, store) share, for the hub's in-memory map of who syncs what.
+    fn shares(&self) -> BoxFuture<'_, StoreResult<Vec<(String, String)>>>;
 }

@@ -5,7 +5,9 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Each entry migrates from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    // 1: accounts, stores, documents.
+    r#"
 CREATE TABLE accounts (
     id            TEXT PRIMARY KEY,
     username      TEXT NOT NULL UNIQUE,
@@ -51,7 +53,29 @@ CREATE TABLE sync_states (
     state    BLOB NOT NULL,
     PRIMARY KEY (store_id, doc_key)
 ) WITHOUT ROWID;
-"#];
+"#,
+    // 2: conversations continued at another store of the region.
+    r#"
+-- A document another store may sync too (besides its origin store): granted when a customer's
+-- hand-off code from the origin is redeemed there.
+CREATE TABLE shares (
+    doc_key       TEXT NOT NULL REFERENCES documents(key),
+    store_id      TEXT NOT NULL REFERENCES stores(id),
+    granted_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (doc_key, store_id)
+) WITHOUT ROWID;
+CREATE INDEX shares_by_store ON shares(store_id);
+-- Hand-off codes registered by the store that issued them (hashed: the code is the secret).
+CREATE TABLE handoffs (
+    code_hash     BLOB PRIMARY KEY,
+    doc_key       TEXT NOT NULL,
+    store_id      TEXT NOT NULL REFERENCES stores(id),
+    expires_at_ms INTEGER NOT NULL,
+    used_at_ms    INTEGER,
+    used_by       TEXT
+) WITHOUT ROWID;
+"#,
+];
 
 pub fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;

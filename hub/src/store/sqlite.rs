@@ -11,8 +11,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    Account, EnrollOutcome, HubStore, ManifestRow, NewStore, StoreError, StoreRecord, StoreResult,
-    StoredDocument, SyncWrite, schema,
+    Account, EnrollOutcome, HubStore, ManifestRow, NewHandoff, NewStore, Redeemed, StoreError,
+    StoreRecord, StoreResult, StoredDocument, SyncWrite, schema,
 };
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -317,8 +317,11 @@ impl HubStore for SqliteStore {
 
     fn manifest(&self, store_id: String) -> BoxFuture<'_, StoreResult<Vec<ManifestRow>>> {
         self.readers.run(move |c| {
-            let mut stmt =
-                c.prepare("SELECT key, heads FROM documents WHERE origin_store = ?1 ORDER BY key")?;
+            let mut stmt = c.prepare(
+                "SELECT key, heads FROM documents WHERE origin_store = ?1 \
+                 UNION SELECT d.key, d.heads FROM shares s JOIN documents d ON d.key = s.doc_key \
+                 WHERE s.store_id = ?1 ORDER BY 1",
+            )?;
             let rows = stmt.query_map([store_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -397,6 +400,81 @@ impl HubStore for SqliteStore {
             )?;
             tx.commit()?;
             Ok(created)
+        })
+    }
+
+    fn register_handoff(&self, h: NewHandoff) -> BoxFuture<'_, StoreResult<()>> {
+        self.writer.run(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO handoffs (code_hash, doc_key, store_id, expires_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![h.code_hash, h.doc_key, h.store_id, h.expires_at_ms as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn redeem_handoff(
+        &self,
+        code_hash: Vec<u8>,
+        store_id: String,
+        now_ms: u64,
+    ) -> BoxFuture<'_, StoreResult<Redeemed>> {
+        self.writer.run(move |c| {
+            let tx = c.transaction()?;
+            let row: Option<(String, String, i64, Option<i64>)> = tx
+                .query_row(
+                    "SELECT doc_key, store_id, expires_at_ms, used_at_ms FROM handoffs \
+                     WHERE code_hash = ?1",
+                    [&code_hash],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let Some((doc_key, issuer, expires, used)) = row else {
+                return Ok(Redeemed::Unknown);
+            };
+            if used.is_some() {
+                return Ok(Redeemed::Used);
+            }
+            if expires as u64 <= now_ms {
+                return Ok(Redeemed::Expired);
+            }
+            // The issuer must hold the document: its origin, or a store it was shared with.
+            let origin: Option<String> = tx
+                .query_row(
+                    "SELECT origin_store FROM documents WHERE key = ?1 AND (origin_store = ?2 \
+                     OR EXISTS (SELECT 1 FROM shares WHERE doc_key = ?1 AND store_id = ?2))",
+                    params![doc_key, issuer],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(origin_store) = origin else {
+                return Ok(Redeemed::NotSynced);
+            };
+            tx.execute(
+                "UPDATE handoffs SET used_at_ms = ?2, used_by = ?3 WHERE code_hash = ?1",
+                params![code_hash, now_ms as i64, store_id],
+            )?;
+            if origin_store != store_id {
+                tx.execute(
+                    "INSERT OR IGNORE INTO shares (doc_key, store_id, granted_at_ms) \
+                     VALUES (?1, ?2, ?3)",
+                    params![doc_key, store_id, now_ms as i64],
+                )?;
+            }
+            tx.commit()?;
+            Ok(Redeemed::Shared {
+                doc_key,
+                origin_store,
+            })
+        })
+    }
+
+    fn shares(&self) -> BoxFuture<'_, StoreResult<Vec<(String, String)>>> {
+        self.readers.run(|c| {
+            let mut stmt = c.prepare("SELECT doc_key, store_id FROM shares")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 

@@ -1,0 +1,494 @@
+//! The writer's side of syncing with the region's hub: the conversation documents live here
+//! (in the writer's hot set), so the Automerge work of a sync round runs on the writer thread,
+//! inside a group-commit transaction like every other write.
+//!
+//! - [`sync_in`]: a hub `sync` for one conversation is applied to the document; whatever it
+//!   brought (another store's messages and session events) is projected into this store's rows
+//!   and fanned out to the connected devices; the document's new chunk and the sync state are
+//!   written in the batch's transaction, and the answer frame reaches the uplink only after the
+//!   commit (a frame never names heads that are not on disk).
+//! - [`sync_out`]: the next `sync` frame for each conversation that changed here.
+//! - [`import`]: a whole document handed over by the hub when a customer continues at this
+//!   store a conversation opened at another one.
+//!
+//! The uplink task (`crate::uplink`) owns the socket and the session's [`PeerSync`]; the writer
+//! locks the `PeerSync` only while it works on a document (never across an await).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use aisle_sync::ChangeHash;
+use aisle_sync::{
+    Conversation, ConversationId, Delta, DocumentKey, EventKind, Frame, Participant, PeerSync,
+    ProtocolError, Status,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{Notify, oneshot};
+
+use super::{Actor, Hot, Outbox, State, apply_event, hot, participant_columns, route};
+use crate::delivery::{Audience, Outbound, Targets};
+use crate::error::{ApiError, Code};
+use crate::frame::{MessageView, ServerFrame};
+use crate::metrics::METRICS;
+use crate::now_ms;
+
+/// One sync session with a hub: its Automerge states and window, and the hub's storage id
+/// (sync states are kept per hub storage, so a store moved to a new hub starts afresh there).
+#[derive(Debug)]
+pub struct HubSession {
+    pub hub_id: String,
+    pub peer: Mutex<PeerSync>,
+}
+
+impl HubSession {
+    fn peer(&self) -> Result<std::sync::MutexGuard<'_, PeerSync>, ApiError> {
+        self.peer
+            .lock()
+            .map_err(|_| ApiError::internal("sync session lock poisoned"))
+    }
+}
+
+pub struct SyncInCmd {
+    pub session: std::sync::Arc<HubSession>,
+    pub key: DocumentKey,
+    pub message: Vec<u8>,
+    /// The frame to send back (an answer, or a per-document error frame).
+    pub reply: oneshot::Sender<Result<Vec<Frame>, ApiError>>,
+}
+
+pub struct SyncOutCmd {
+    pub session: std::sync::Arc<HubSession>,
+    pub keys: Vec<ConversationId>,
+    pub reply: oneshot::Sender<Result<Vec<Frame>, ApiError>>,
+}
+
+pub struct ImportCmd {
+    /// A whole conversation document (Automerge save format).
+    pub bytes: Vec<u8>,
+    pub reply: oneshot::Sender<Result<Imported, ApiError>>,
+}
+
+/// A conversation now held (and served) by this store.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub conversation_id: ConversationId,
+    pub customer_id: aisle_sync::CustomerId,
+}
+
+/// Conversations whose documents changed since the uplink last looked. Bounded by the number of
+/// conversations (a set, not a queue); while no uplink runs nothing is recorded.
+#[derive(Debug, Default)]
+pub struct Changes {
+    set: Mutex<HashSet<ConversationId>>,
+    notify: Notify,
+    enabled: std::sync::atomic::AtomicBool,
+}
+
+impl Changes {
+    /// Start recording (the uplink is configured).
+    pub fn enable(&self) {
+        self.enabled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn mark(&self, ids: &[ConversationId]) {
+        if ids.is_empty() || !self.enabled.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(mut set) = self.set.lock() {
+            set.extend(ids.iter().copied());
+        }
+        self.notify.notify_one();
+    }
+
+    /// Everything changed since the last call.
+    pub fn take(&self) -> Vec<ConversationId> {
+        self.set
+            .lock()
+            .map(|mut set| set.drain().collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits until something is marked (returns at once if something was marked since the last
+    /// wait).
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// Heads as stored in `conversations.heads` / `hub_heads`: 32 bytes each, concatenated.
+pub fn heads_bytes(heads: &[ChangeHash]) -> Vec<u8> {
+    heads.iter().flat_map(|h| h.0).collect()
+}
+
+fn protocol_frame(err: ProtocolError) -> Result<Frame, ApiError> {
+    METRICS.sync_error(err.code());
+    Ok(err.to_frame())
+}
+
+/// Installs the persisted sync state of `key` for this hub, once per session.
+fn load_state(
+    db: &Connection,
+    peer: &mut PeerSync,
+    hub_id: &str,
+    key: &DocumentKey,
+    rowid: i64,
+) -> Result<(), ApiError> {
+    if peer.has_state(key) {
+        return Ok(());
+    }
+    let stored: Option<Vec<u8>> = db
+        .prepare_cached("SELECT state FROM sync_states WHERE conversation = ?1 AND hub_id = ?2")?
+        .query_row(params![rowid, hub_id], |r| r.get(0))
+        .optional()?;
+    if let Some(bytes) = stored
+        && let Err(err) = peer.load_state(key.clone(), &bytes)
+    {
+        tracing::warn!(doc = %key, error = %err, "a stored sync state did not decode; starting afresh");
+    }
+    Ok(())
+}
+
+fn save_state(
+    db: &Connection,
+    peer: &PeerSync,
+    hub_id: &str,
+    key: &DocumentKey,
+    rowid: i64,
+) -> Result<(), ApiError> {
+    db.prepare_cached(
+        "INSERT INTO sync_states (conversation, hub_id, state) VALUES (?1, ?2, ?3)
+         ON CONFLICT (conversation, hub_id) DO UPDATE SET state = excluded.state",
+    )?
+    .execute(params![rowid, hub_id, peer.save_state(key)])?;
+    Ok(())
+}
+
+/// Applies one hub `sync` and returns the frame that answers it.
+pub(super) fn sync_in(
+    db: &Connection,
+    state: &mut State,
+    session: &HubSession,
+    key: &DocumentKey,
+    message: &[u8],
+    out: &mut Outbox,
+) -> Result<Frame, ApiError> {
+    let mut peer = session.peer()?;
+    let Some(id) = key.conversation_id() else {
+        peer.on_error(key);
+        return Ok(Frame::Error {
+            code: aisle_sync::protocol::codes::NOT_ALLOWED.into(),
+            message: "this store takes only conversations over sync".into(),
+            doc: Some(key.clone()),
+        });
+    };
+    if hot(db, state, id, out)?.is_none() {
+        return receive_new(db, state, session, &mut peer, key, id, message, out);
+    }
+    let hot = state.docs.get_mut(&id).expect("loaded above");
+    load_state(db, &mut peer, &session.hub_id, key, hot.rowid)?;
+    let before = hot.doc.heads();
+    if let Err(err) = peer.receive(key, &mut hot.doc, message) {
+        tracing::warn!(doc = %key, error = %err, "a hub sync message was refused");
+        return protocol_frame(err);
+    }
+    let delta = hot.doc.changes_since(&before)?;
+    let rowid = hot.rowid;
+    if hot.doc.heads() != before {
+        hot.dirty = true;
+    }
+    project(db, state, id, delta, out)?;
+    save_state(db, &peer, &session.hub_id, key, rowid)?;
+    let hot = state.docs.get_mut(&id).expect("loaded above");
+    Ok(peer.answer(key, &mut hot.doc))
+}
+
+/// A `sync` for a conversation this store never held: filled in `state.incoming` until its
+/// skeleton has arrived, then stored like any conversation.
+#[allow(clippy::too_many_arguments)]
+fn receive_new(
+    db: &Connection,
+    state: &mut State,
+    session: &HubSession,
+    peer: &mut PeerSync,
+    key: &DocumentKey,
+    id: ConversationId,
+    message: &[u8],
+    out: &mut Outbox,
+) -> Result<Frame, ApiError> {
+    if !state.incoming.contains_key(&id) && state.incoming.len() >= state.limits.max_hot_documents {
+        METRICS.limit("max_hot_documents");
+        peer.on_error(key);
+        return Ok(Frame::Error {
+            code: aisle_sync::protocol::codes::INTERNAL.into(),
+            message: "too many documents arriving at once; retry next session".into(),
+            doc: Some(key.clone()),
+        });
+    }
+    let doc = state
+        .incoming
+        .entry(id)
+        .or_insert_with(|| Conversation::empty_for_sync(id));
+    if let Err(err) = peer.receive(key, doc, message) {
+        state.incoming.remove(&id);
+        return protocol_frame(err);
+    }
+    if !doc.is_complete() {
+        return Ok(peer.answer(key, doc));
+    }
+    let doc = state.incoming.remove(&id).expect("present above");
+    let rowid = adopt(db, state, doc, out)?;
+    save_state(db, peer, &session.hub_id, key, rowid)?;
+    let hot = state.docs.get_mut(&id).expect("adopted");
+    Ok(peer.answer(key, &mut hot.doc))
+}
+
+/// Stores a complete document this store did not hold: its row, its customer, its records;
+/// returns the conversation's rowid.
+fn adopt(
+    db: &Connection,
+    state: &mut State,
+    mut doc: Conversation,
+    out: &mut Outbox,
+) -> Result<i64, ApiError> {
+    let meta = doc.meta()?;
+    let fold = doc.fold()?;
+    let id = meta.id;
+    let now = now_ms();
+    let customer_name = doc
+        .participants()?
+        .into_iter()
+        .find(|p| p.participant == Participant::Customer(meta.customer))
+        .map(|p| p.display_name)
+        .unwrap_or_default();
+    db.prepare_cached(
+        "INSERT INTO customers (id, display_name, created_at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO NOTHING",
+    )?
+    .execute(params![
+        meta.customer.to_string(),
+        customer_name,
+        now as i64
+    ])?;
+    db.prepare_cached(
+        "INSERT INTO conversations (id, customer_id, status, created_at_ms, origin_store)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        id.to_string(),
+        meta.customer.to_string(),
+        fold.state.status.as_str(),
+        meta.created_at_ms as i64,
+        meta.store_id,
+    ])?;
+    let rowid = db.last_insert_rowid();
+    let delta = doc.changes_since(&[])?;
+    let hot = Hot {
+        rowid,
+        meta,
+        doc,
+        fold,
+        last_seq: 0,
+        last_message_at_ms: None,
+        first_response_at_ms: None,
+        resolved_at_ms: None,
+        saved_bytes: 0,
+        pending_bytes: 0,
+        next_chunk: 0,
+        pending_messages: Vec::new(),
+        dirty: true,
+    };
+    if let Some((evicted_id, mut evicted)) = state.docs.push(id, hot)
+        && evicted_id != id
+    {
+        if evicted.dirty {
+            super::flush(db, &mut evicted)?;
+        }
+        out.audiences.push((evicted_id, None));
+    }
+    out.touched.push(id);
+    let agent = state.docs.get(&id).and_then(|h| h.fold.state.agent);
+    out.audiences.push((id, Some(Audience { agent })));
+    project(db, state, id, delta, out)?;
+    METRICS.conversations_adopted.inc();
+    Ok(rowid)
+}
+
+/// Writes what another replica added into this store's rows and tells the connected devices:
+/// messages get this store's next `seq` (their order of arrival here), events are recorded and
+/// the session state re-folded.
+fn project(
+    db: &Connection,
+    state: &mut State,
+    id: ConversationId,
+    delta: Delta,
+    out: &mut Outbox,
+) -> Result<(), ApiError> {
+    if delta.is_empty() {
+        return Ok(());
+    }
+    let hot = state.docs.get_mut(&id).expect("caller loaded it");
+    for event in &delta.events {
+        state.clock.observe(event.hlc);
+        db.prepare_cached(
+            "INSERT INTO events (conversation, id, body, at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            hot.rowid,
+            event.id.to_string(),
+            serde_json::to_string(event).map_err(ApiError::internal)?,
+            event.hlc.wall_ms() as i64
+        ])?;
+    }
+    for message in delta.messages {
+        let seq = hot.last_seq + 1;
+        let (sender_kind, sender_id) = participant_columns(&message.sender);
+        let insert = |client_msg_id: &str| -> Result<usize, ApiError> {
+            Ok(db
+                .prepare_cached(
+                    "INSERT INTO messages (conversation, seq, id, client_msg_id, sender_kind, sender_id, body, sent_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![
+                    hot.rowid,
+                    seq as i64,
+                    message.id.to_string(),
+                    client_msg_id,
+                    sender_kind,
+                    sender_id,
+                    message.body,
+                    message.sent_at_ms as i64
+                ])?)
+        };
+        // A client id is unique per conversation only on the store that accepted the message
+        // (retries are answered there); here it is namespaced by the message id, so that a
+        // device at this store using the same client id is not taken for a retry of it.
+        if insert(&format!("{}#{}", message.client_msg_id, message.id))? == 0 {
+            continue;
+        }
+        hot.last_seq = seq;
+        hot.last_message_at_ms = Some(hot.last_message_at_ms.unwrap_or(0).max(message.sent_at_ms));
+        if matches!(message.sender, Participant::Staff(_)) && hot.first_response_at_ms.is_none() {
+            hot.first_response_at_ms = Some(message.sent_at_ms);
+        }
+        METRICS.messages_merged.inc();
+        let view = MessageView {
+            seq,
+            id: message.id,
+            client_msg_id: message.client_msg_id,
+            sender: message.sender,
+            body: message.body,
+            sent_at_ms: message.sent_at_ms,
+        };
+        let text = ServerFrame::Message {
+            conversation_id: id,
+            message: &view,
+        }
+        .to_text();
+        out.publishes
+            .push((id, Outbound::new(Some(id), seq, text), Targets::default()));
+    }
+    hot.dirty = true;
+    if !delta.events.is_empty() {
+        let before = hot.fold.state.clone();
+        hot.fold = hot.doc.fold()?;
+        let after = hot.fold.state.clone();
+        if after.status == Status::Resolved && before.status != Status::Resolved {
+            hot.resolved_at_ms = Some(now_ms());
+        }
+        if before != after {
+            out.audiences
+                .push((id, Some(Audience { agent: after.agent })));
+            let extra = before.agent.into_iter().collect();
+            super::publish_state(db, id, Some(&before), &after, None, extra, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The next `sync` frame of each conversation in `keys` that has something to send (and any
+/// per-document error frame). Frames reach the uplink after the batch commits.
+pub(super) fn sync_out(
+    db: &Connection,
+    state: &mut State,
+    session: &HubSession,
+    keys: Vec<ConversationId>,
+    out: &mut Outbox,
+) -> Result<Vec<Frame>, ApiError> {
+    let mut peer = session.peer()?;
+    let mut frames = Vec::with_capacity(keys.len());
+    for id in keys {
+        let key = DocumentKey::from(id);
+        let frame = match hot(db, state, id, out)? {
+            Some(hot) => {
+                load_state(db, &mut peer, &session.hub_id, &key, hot.rowid)?;
+                peer.generate(&key, &mut hot.doc)
+            }
+            // Only the hub holds it (shared with this store while it was offline): ask for it
+            // from an empty replica.
+            None => {
+                if !state.incoming.contains_key(&id)
+                    && state.incoming.len() >= state.limits.max_hot_documents
+                {
+                    METRICS.limit("max_hot_documents");
+                    continue;
+                }
+                let doc = state
+                    .incoming
+                    .entry(id)
+                    .or_insert_with(|| Conversation::empty_for_sync(id));
+                peer.generate(&key, doc)
+            }
+        };
+        frames.extend(frame);
+    }
+    Ok(frames)
+}
+
+/// Takes over a conversation handed over by the hub (a customer continuing here what they
+/// started at another store): the document is merged or adopted, and if it is open and held
+/// by someone who does not work here, it goes back to this store's queue and routing.
+pub(super) fn import(
+    db: &Connection,
+    state: &mut State,
+    bytes: Vec<u8>,
+    out: &mut Outbox,
+) -> Result<Imported, ApiError> {
+    let mut doc = Conversation::load(&bytes)
+        .map_err(|err| ApiError::new(Code::BadRequest, format!("the hub's document: {err}")))?;
+    let meta = doc.meta()?;
+    let id = meta.id;
+    match hot(db, state, id, out)? {
+        Some(hot) => {
+            let before = hot.doc.heads();
+            hot.doc.merge(&mut doc)?;
+            let delta = hot.doc.changes_since(&before)?;
+            project(db, state, id, delta, out)?;
+        }
+        None => {
+            adopt(db, state, doc, out)?;
+        }
+    }
+    let hot = state.docs.get(&id).expect("loaded above");
+    let session = hot.fold.state.clone();
+    if session.status != Status::Resolved
+        && let Some(agent) = session.agent
+    {
+        let works_here: Option<i64> = db
+            .prepare_cached("SELECT 1 FROM staff WHERE id = ?1")?
+            .query_row([agent.to_string()], |r| r.get(0))
+            .optional()?;
+        if works_here.is_none()
+            && let Err(rejection) =
+                apply_event(db, state, id, EventKind::Release, Actor::System, None, out)?
+        {
+            tracing::warn!(conversation = %id, ?rejection, "could not release a continued conversation");
+        }
+    }
+    route(db, state, id, None, out)?;
+    Ok(Imported {
+        conversation_id: id,
+        customer_id: meta.customer,
+    })
+}
