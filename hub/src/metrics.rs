@@ -17,6 +17,8 @@ pub struct Metrics {
     /// Documents held by the hub (set at start, raised when a new one is stored).
     pub documents: IntGauge,
     pub chunks_stored: IntCounter,
+    /// Synced rounds stored without their HQ projection (a record did not decode).
+    pub projection_failures: IntCounter,
     pub refused: IntCounterVec,
     pub errors: IntCounterVec,
     pub stores: IntGaugeVec,
@@ -51,6 +53,11 @@ impl Metrics {
             "Document chunks committed (one per received change set)",
         )
         .expect("metric");
+        let projection_failures = IntCounter::new(
+            "aisle_hub_projection_failures_total",
+            "Synced rounds stored without their HQ projection (a record did not decode)",
+        )
+        .expect("metric");
         let refused = counter_vec(
             "aisle_hub_sync_refused_total",
             "Sync connections refused at hello, by code",
@@ -72,6 +79,7 @@ impl Metrics {
             Box::new(frames_out.clone()),
             Box::new(documents.clone()),
             Box::new(chunks_stored.clone()),
+            Box::new(projection_failures.clone()),
             Box::new(refused.clone()),
             Box::new(errors.clone()),
             Box::new(stores.clone()),
@@ -85,6 +93,7 @@ impl Metrics {
             frames_out,
             documents,
             chunks_stored,
+            projection_failures,
             refused,
             errors,
             stores,
