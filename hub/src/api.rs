@@ -59,7 +59,11 @@ pub async fn method_not_allowed() -> ApiError {
 }
 
 /// The HQ account behind the request's bearer token, if it has one of `roles`.
-async fn authorize(app: &App, headers: &HeaderMap, roles: &[&str]) -> ApiResult<Account> {
+pub(crate) async fn authorize(
+    app: &App,
+    headers: &HeaderMap,
+    roles: &[&str],
+) -> ApiResult<Account> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

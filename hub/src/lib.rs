@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! edge ── /sync (binary aisle-sync frames) ──▶ sync.rs: one task per store
-//!                                               │ PeerSync; chunk + sync state, then answer
-//! HQ ──── /api (JSON, bearer tokens) ───────▶ api.rs
+//!                                               │ PeerSync; chunk + sync state + HQ
+//!                                               │ projection (projection.rs), then answer
+//! HQ ──── /api (JSON, bearer tokens) ───────▶ api.rs, hq.rs (conversations, search, figures)
 //!                                               ▼
 //!                          store/ (HubStore): SQLite, one writer thread, reader threads
 //! ```
@@ -15,8 +16,10 @@ pub mod auth;
 pub mod config;
 pub mod continuation;
 pub mod error;
+pub mod hq;
 pub mod limits;
 pub mod metrics;
+pub mod projection;
 pub mod server;
 pub mod store;
 pub mod sync;

@@ -23,6 +23,21 @@ pub struct Limits {
     pub max_concurrent_password_hashes: usize,
     /// Reader threads for HTTP queries.
     pub reader_threads: usize,
+    /// Conversations per page of `GET /api/conversations` when `limit` is not given.
+    pub default_page_conversations: usize,
+    /// Largest `limit` of `GET /api/conversations` (a larger one is a `bad_request`).
+    pub max_page_conversations: usize,
+    /// Results of `GET /api/search` when `limit` is not given.
+    pub default_search_results: usize,
+    /// Largest `limit` of `GET /api/search`.
+    pub max_search_results: usize,
+    /// Longest search query `q`.
+    pub max_search_query_chars: usize,
+    /// A query whose every term is shorter than a trigram (3 characters, e.g. the Chinese word
+    /// 退货) cannot use the index: it scans at most this many of the newest messages.
+    pub max_search_scan_messages: usize,
+    /// Longest time range of `GET /api/figures` (one volume entry per hour).
+    pub max_figures_range_hours: u64,
 }
 
 impl Default for Limits {
@@ -38,6 +53,13 @@ impl Default for Limits {
             max_http_body_bytes: 64 * 1024,
             max_concurrent_password_hashes: 4,
             reader_threads: 2,
+            default_page_conversations: 50,
+            max_page_conversations: 200,
+            default_search_results: 20,
+            max_search_results: 100,
+            max_search_query_chars: 200,
+            max_search_scan_messages: 200_000,
+            max_figures_range_hours: 31 * 24,
         }
     }
 }
@@ -64,9 +86,36 @@ impl Limits {
                 self.max_concurrent_password_hashes as u64,
             ),
             ("reader_threads", self.reader_threads as u64),
+            (
+                "default_page_conversations",
+                self.default_page_conversations as u64,
+            ),
+            ("default_search_results", self.default_search_results as u64),
+            ("max_search_query_chars", self.max_search_query_chars as u64),
+            (
+                "max_search_scan_messages",
+                self.max_search_scan_messages as u64,
+            ),
+            ("max_figures_range_hours", self.max_figures_range_hours),
         ] {
             if value == 0 {
                 return Err(format!("limits.{name} must be positive"));
+            }
+        }
+        for (default, max, name) in [
+            (
+                self.default_page_conversations,
+                self.max_page_conversations,
+                "max_page_conversations",
+            ),
+            (
+                self.default_search_results,
+                self.max_search_results,
+                "max_search_results",
+            ),
+        ] {
+            if max < default {
+                return Err(format!("limits.{name} must be at least its default"));
             }
         }
         Ok(())

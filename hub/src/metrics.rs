@@ -18,6 +18,8 @@ pub struct Metrics {
     pub documents: IntGauge,
     pub chunks_stored: IntCounter,
     pub continuations: IntCounter,
+    /// Synced rounds stored without their HQ projection (a record did not decode).
+    pub projection_failures: IntCounter,
     pub refused: IntCounterVec,
     pub errors: IntCounterVec,
     pub stores: IntGaugeVec,
@@ -57,6 +59,11 @@ impl Metrics {
             "Document chunks committed (one per received change set)",
         )
         .expect("metric");
+        let projection_failures = IntCounter::new(
+            "aisle_hub_projection_failures_total",
+            "Synced rounds stored without their HQ projection (a record did not decode)",
+        )
+        .expect("metric");
         let refused = counter_vec(
             "aisle_hub_sync_refused_total",
             "Sync connections refused at hello, by code",
@@ -79,6 +86,7 @@ impl Metrics {
             Box::new(documents.clone()),
             Box::new(chunks_stored.clone()),
             Box::new(continuations.clone()),
+            Box::new(projection_failures.clone()),
             Box::new(refused.clone()),
             Box::new(errors.clone()),
             Box::new(stores.clone()),
@@ -93,6 +101,7 @@ impl Metrics {
             documents,
             chunks_stored,
             continuations,
+            projection_failures,
             refused,
             errors,
             stores,

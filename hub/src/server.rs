@@ -16,6 +16,7 @@ use crate::api;
 use crate::auth;
 use crate::config::Config;
 use crate::error::{ApiError, Code, StartError};
+use crate::hq;
 use crate::metrics::METRICS;
 use crate::store::HubStore;
 use crate::store::sqlite::SqliteStore;
@@ -91,6 +92,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/continuations", post(crate::continuation::redeem))
         .route("/api/stores", get(api::list_stores).post(api::create_store))
         .route("/api/stores/{id}/revoke", post(api::revoke_store))
+        .route("/api/conversations", get(hq::list_conversations))
+        .route("/api/conversations/{id}", get(hq::conversation))
+        .route("/api/search", get(hq::search))
+        .route("/api/figures", get(hq::figures))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::metrics::METRICS;
 use crate::store::SyncWrite;
-use crate::{App, auth, now_ms};
+use crate::{App, auth, now_ms, projection};
 
 /// The connected stores: at most one sync connection each (a newer one replaces the older).
 #[derive(Default)]
@@ -642,6 +642,7 @@ impl Session {
         let Some(conversation) = self.docs.get_mut(key) else {
             return Err(Self::internal("document vanished"));
         };
+        let before = conversation.heads();
         if let Err(err) = self.peer.receive(key, conversation, message) {
             if !self.persisted.contains(key) {
                 self.docs.remove(key);
@@ -670,6 +671,8 @@ impl Session {
                 "the conversation was not opened at this store",
             ));
         }
+        let delta = conversation.changes_since(&before);
+        let projection = projection::of_round(conversation, delta);
         let new = !self.persisted.contains(key);
         let chunk = if new {
             conversation.save()
@@ -689,6 +692,7 @@ impl Session {
             chunk,
             heads,
             sync_state: self.peer.save_state(key),
+            projection,
             now_ms: now_ms(),
         };
         let stored_chunk = !write.chunk.is_empty();

@@ -10,6 +10,8 @@ pub mod sqlite;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
+use crate::projection::Projection;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("sqlite: {0}")]
@@ -86,6 +88,8 @@ pub struct SyncWrite {
     pub heads: Vec<u8>,
     /// `PeerSync::save_state` for (store, document).
     pub sync_state: Vec<u8>,
+    /// The HQ rows this round changes (`None`: the round brought no record).
+    pub projection: Option<Projection>,
     pub now_ms: u64,
 }
 
@@ -111,6 +115,155 @@ pub enum Redeemed {
     Expired,
     /// The issuing store has not synced the conversation to the hub yet.
     NotSynced,
+}
+
+/// A conversation as HQ sees it: meta, folded state, and figures derived from its messages.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ConversationSummary {
+    pub id: String,
+    pub store_id: String,
+    pub customer_id: String,
+    pub status: String,
+    pub agent_id: Option<String>,
+    pub agent_name: Option<String>,
+    pub created_at_ms: u64,
+    pub first_customer_message_at_ms: Option<u64>,
+    pub first_response_at_ms: Option<u64>,
+    pub resolved_at_ms: Option<u64>,
+    pub last_message_at_ms: Option<u64>,
+    pub message_count: u64,
+    pub intent: Option<String>,
+}
+
+/// Which conversations to list; every field narrows the list.
+#[derive(Clone, Debug, Default)]
+pub struct ConversationFilter {
+    pub store: Option<String>,
+    /// Any of these statuses (`None`: all).
+    pub statuses: Option<Vec<&'static str>>,
+    /// Created at or after.
+    pub from_ms: Option<u64>,
+    /// Created before.
+    pub to_ms: Option<u64>,
+    /// Held by this staff member now (`agent_id`).
+    pub agent_id: Option<String>,
+    /// `"unknown"` matches conversations without an intent.
+    pub intent: Option<String>,
+    /// Only conversations before this (created_at_ms, id) in the list's order: the cursor of
+    /// the previous page.
+    pub before: Option<(u64, String)>,
+    pub limit: usize,
+}
+
+/// Who sent a message, as the API shows it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Sender {
+    pub kind: String,
+    pub id: Option<String>,
+    pub display_name: Option<String>,
+}
+
+/// One message of a transcript.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TranscriptMessage {
+    pub id: String,
+    pub sender: Sender,
+    pub body: String,
+    pub sent_at_ms: u64,
+    pub intent: Option<String>,
+}
+
+/// A participant of a conversation.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ParticipantView {
+    pub kind: String,
+    pub id: Option<String>,
+    pub display_name: String,
+    pub joined_at_ms: u64,
+}
+
+/// One conversation with its participants and its transcript in display order.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConversationDetail {
+    pub conversation: ConversationSummary,
+    pub participants: Vec<ParticipantView>,
+    pub messages: Vec<TranscriptMessage>,
+}
+
+/// A full-text search over message bodies.
+#[derive(Clone, Debug)]
+pub struct SearchQuery {
+    /// Whitespace-separated terms, all of which must occur (as substrings) in a message.
+    pub terms: Vec<String>,
+    pub store: Option<String>,
+    pub limit: usize,
+    /// When every term is shorter than a trigram, only this many of the newest messages are
+    /// scanned.
+    pub scan_messages: usize,
+}
+
+/// How a search was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchMethod {
+    /// The trigram index (at least one term has 3 or more characters).
+    Index,
+    /// A LIKE scan of the newest messages (every term is shorter than 3 characters).
+    Scan,
+}
+
+/// A message that matched a search.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SearchHit {
+    pub conversation_id: String,
+    pub store_id: String,
+    pub message_id: String,
+    pub sender: Sender,
+    pub sent_at_ms: u64,
+    pub body: String,
+}
+
+/// Which activity the figures cover.
+#[derive(Clone, Debug)]
+pub struct FiguresQuery {
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub store: Option<String>,
+}
+
+/// Count, mean and nearest-rank percentiles of durations (ms).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DurationStats {
+    pub count: u64,
+    pub avg_ms: Option<u64>,
+    pub p50_ms: Option<u64>,
+    pub p90_ms: Option<u64>,
+}
+
+/// Activity in one hour.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct HourVolume {
+    pub hour_start_ms: u64,
+    pub messages: u64,
+    pub new_conversations: u64,
+}
+
+/// Figures of one group (everything, one store, one intent).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct GroupFigures {
+    pub messages: u64,
+    pub new_conversations: u64,
+    pub first_response: DurationStats,
+    pub resolution: DurationStats,
+}
+
+/// The activity figures of a time range: volume per hour, response and resolution times.
+#[derive(Clone, Debug, Serialize)]
+pub struct Figures {
+    pub hours: Vec<HourVolume>,
+    pub totals: GroupFigures,
+    pub by_store: std::collections::BTreeMap<String, GroupFigures>,
+    pub by_intent: std::collections::BTreeMap<String, GroupFigures>,
 }
 
 /// The hub's storage.
@@ -177,4 +330,22 @@ pub trait HubStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, StoreResult<Redeemed>>;
     /// Every (document, store) share, for the hub's in-memory map of who syncs what.
     fn shares(&self) -> BoxFuture<'_, StoreResult<Vec<(String, String)>>>;
+
+    /// HQ: conversations of every store, newest first (created_at_ms, then id).
+    fn list_conversations(
+        &self,
+        filter: ConversationFilter,
+    ) -> BoxFuture<'_, StoreResult<Vec<ConversationSummary>>>;
+    /// HQ: one conversation with its participants and transcript.
+    fn conversation_detail(
+        &self,
+        id: String,
+    ) -> BoxFuture<'_, StoreResult<Option<ConversationDetail>>>;
+    /// HQ: messages whose body holds every term, newest first.
+    fn search_messages(
+        &self,
+        query: SearchQuery,
+    ) -> BoxFuture<'_, StoreResult<(SearchMethod, Vec<SearchHit>)>>;
+    /// HQ: the activity figures of a time range.
+    fn figures(&self, query: FiguresQuery) -> BoxFuture<'_, StoreResult<Figures>>;
 }

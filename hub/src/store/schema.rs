@@ -54,7 +54,72 @@ CREATE TABLE sync_states (
     PRIMARY KEY (store_id, doc_key)
 ) WITHOUT ROWID;
 "#,
-    // 2: conversations continued at another store of the region.
+    // 2: the HQ projection (hub/src/projection.rs). An index of the documents, rewritten in the
+    // transaction that stores each synced chunk; the documents stay the truth.
+    r#"
+CREATE TABLE conversations (
+    id                           TEXT PRIMARY KEY,
+    store_id                     TEXT NOT NULL REFERENCES stores(id),
+    customer_id                  TEXT NOT NULL,
+    status                       TEXT NOT NULL,
+    agent_id                     TEXT,
+    agent_name                   TEXT,
+    created_at_ms                INTEGER NOT NULL,
+    first_customer_message_at_ms INTEGER,
+    -- The first staff message at or after the first customer message.
+    first_response_at_ms         INTEGER,
+    -- Set while the conversation is resolved (the resolve event's HLC time), NULL otherwise.
+    resolved_at_ms               INTEGER,
+    last_message_at_ms           INTEGER,
+    message_count                INTEGER NOT NULL DEFAULT 0,
+    -- NULL until the on-device model writes intents into the document (a later issue).
+    intent                       TEXT
+);
+CREATE INDEX conversations_by_created ON conversations(created_at_ms, id);
+CREATE INDEX conversations_by_store ON conversations(store_id, created_at_ms, id);
+CREATE INDEX conversations_by_agent ON conversations(agent_id, created_at_ms, id);
+CREATE TABLE participants (
+    conversation   TEXT NOT NULL REFERENCES conversations(id),
+    participant    TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    participant_id TEXT,
+    display_name   TEXT NOT NULL,
+    joined_at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (conversation, participant)
+) WITHOUT ROWID;
+-- `seq` is the explicit rowid the full-text index points at (an implicit rowid may be renumbered
+-- by VACUUM); `id` is unique so that projecting a record twice inserts it once.
+CREATE TABLE messages (
+    seq           INTEGER PRIMARY KEY,
+    id            TEXT NOT NULL UNIQUE,
+    conversation  TEXT NOT NULL REFERENCES conversations(id),
+    store_id      TEXT NOT NULL,
+    sender_kind   TEXT NOT NULL,
+    sender_id     TEXT,
+    sender_name   TEXT,
+    body          TEXT NOT NULL,
+    sent_at_ms    INTEGER NOT NULL,
+    intent        TEXT
+);
+CREATE INDEX messages_by_conversation ON messages(conversation, sent_at_ms, id);
+CREATE INDEX messages_by_sender ON messages(conversation, sender_kind, sent_at_ms);
+CREATE INDEX messages_by_time ON messages(sent_at_ms);
+-- With the rowid, (store_id, seq): a store's newest messages first (search).
+CREATE INDEX messages_by_store ON messages(store_id);
+-- Trigram tokens match any substring of 3 or more characters, so Chinese (no spaces between
+-- words) and English are searched the same way. Shorter queries are a LIKE scan (hq.rs).
+CREATE VIRTUAL TABLE messages_fts USING fts5(
+    body, content = 'messages', content_rowid = 'seq', tokenize = 'trigram'
+);
+-- Messages are immutable: rows are inserted (or ignored) and never updated.
+CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts (rowid, body) VALUES (new.seq, new.body);
+END;
+CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
+END;
+"#,
+    // 3: conversations continued at another store of the region.
     r#"
 -- A document another store may sync too (besides its origin store): granted when a customer's
 -- hand-off code from the origin is redeemed there.

@@ -11,9 +11,12 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    Account, EnrollOutcome, HubStore, ManifestRow, NewHandoff, NewStore, Redeemed, StoreError,
-    StoreRecord, StoreResult, StoredDocument, SyncWrite, schema,
+    Account, ConversationDetail, ConversationFilter, ConversationSummary, DurationStats,
+    EnrollOutcome, Figures, FiguresQuery, GroupFigures, HourVolume, HubStore, ManifestRow,
+    NewHandoff, NewStore, ParticipantView, Redeemed, SearchHit, SearchMethod, SearchQuery, Sender,
+    StoreError, StoreRecord, StoreResult, StoredDocument, SyncWrite, TranscriptMessage, schema,
 };
+use crate::projection::Projection;
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -398,6 +401,9 @@ impl HubStore for SqliteStore {
                 "UPDATE stores SET last_sync_at_ms = ?2 WHERE id = ?1",
                 params![w.store_id, w.now_ms as i64],
             )?;
+            if let Some(projection) = &w.projection {
+                write_projection(&tx, projection)?;
+            }
             tx.commit()?;
             Ok(created)
         })
@@ -483,6 +489,473 @@ impl HubStore for SqliteStore {
             Ok(c.query_row("SELECT count(*) FROM documents", [], |r| r.get::<_, i64>(0))? as u64)
         })
     }
+
+    fn list_conversations(
+        &self,
+        filter: ConversationFilter,
+    ) -> BoxFuture<'_, StoreResult<Vec<ConversationSummary>>> {
+        self.readers
+            .run(move |c| Ok(list_conversations(c, &filter)?))
+    }
+
+    fn conversation_detail(
+        &self,
+        id: String,
+    ) -> BoxFuture<'_, StoreResult<Option<ConversationDetail>>> {
+        self.readers.run(move |c| Ok(conversation_detail(c, &id)?))
+    }
+
+    fn search_messages(
+        &self,
+        query: SearchQuery,
+    ) -> BoxFuture<'_, StoreResult<(SearchMethod, Vec<SearchHit>)>> {
+        self.readers.run(move |c| Ok(search_messages(c, &query)?))
+    }
+
+    fn figures(&self, query: FiguresQuery) -> BoxFuture<'_, StoreResult<Figures>> {
+        self.readers.run(move |c| Ok(figures(c, &query)?))
+    }
+}
+
+/// Applies a round's projection inside the sync transaction. Idempotent: the conversation row
+/// is rewritten, participants upserted, messages inserted once by id; the derived figures are
+/// recomputed from the message rows (indexed lookups, not scans) only when a message was new.
+fn write_projection(tx: &rusqlite::Transaction<'_>, p: &Projection) -> rusqlite::Result<()> {
+    let conv = &p.conversation;
+    tx.execute(
+        "INSERT INTO conversations (id, store_id, customer_id, status, agent_id, agent_name, \
+         created_at_ms, resolved_at_ms, intent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, agent_id = excluded.agent_id, \
+         agent_name = excluded.agent_name, resolved_at_ms = excluded.resolved_at_ms, \
+         intent = coalesce(excluded.intent, conversations.intent)",
+        params![
+            conv.id,
+            conv.store_id,
+            conv.customer_id,
+            conv.status,
+            conv.agent_id,
+            conv.agent_name,
+            conv.created_at_ms as i64,
+            conv.resolved_at_ms.map(|v| v as i64),
+            conv.intent,
+        ],
+    )?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO participants (conversation, participant, kind, participant_id, \
+             display_name, joined_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (conversation, participant) DO UPDATE SET \
+             display_name = excluded.display_name, joined_at_ms = excluded.joined_at_ms",
+        )?;
+        for part in &p.participants {
+            stmt.execute(params![
+                conv.id,
+                part.key,
+                part.kind,
+                part.id,
+                part.display_name,
+                part.joined_at_ms as i64
+            ])?;
+        }
+    }
+    let mut inserted = 0;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR IGNORE INTO messages (id, conversation, store_id, sender_kind, sender_id, \
+             sender_name, body, sent_at_ms, intent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for m in &p.messages {
+            inserted += stmt.execute(params![
+                m.id,
+                m.conversation,
+                m.store_id,
+                m.sender_kind,
+                m.sender_id,
+                m.sender_name,
+                m.body,
+                m.sent_at_ms as i64,
+                m.intent,
+            ])?;
+        }
+    }
+    if inserted > 0 {
+        tx.execute(
+            "UPDATE conversations SET message_count = message_count + ?2, \
+             last_message_at_ms = (SELECT max(sent_at_ms) FROM messages WHERE conversation = ?1), \
+             first_customer_message_at_ms = (SELECT min(sent_at_ms) FROM messages \
+                 WHERE conversation = ?1 AND sender_kind = 'customer'), \
+             first_response_at_ms = (SELECT min(sent_at_ms) FROM messages \
+                 WHERE conversation = ?1 AND sender_kind = 'staff' AND sent_at_ms >= \
+                 (SELECT min(sent_at_ms) FROM messages \
+                  WHERE conversation = ?1 AND sender_kind = 'customer')) \
+             WHERE id = ?1",
+            params![conv.id, inserted as i64],
+        )?;
+    }
+    Ok(())
+}
+
+const CONVERSATION_COLUMNS: &str = "id, store_id, customer_id, status, agent_id, agent_name, \
+    created_at_ms, first_customer_message_at_ms, first_response_at_ms, resolved_at_ms, \
+    last_message_at_ms, message_count, intent";
+
+fn opt_u64(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Option<u64>> {
+    Ok(row.get::<_, Option<i64>>(index)?.map(|v| v.max(0) as u64))
+}
+
+fn conversation_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationSummary> {
+    Ok(ConversationSummary {
+        id: row.get(0)?,
+        store_id: row.get(1)?,
+        customer_id: row.get(2)?,
+        status: row.get(3)?,
+        agent_id: row.get(4)?,
+        agent_name: row.get(5)?,
+        created_at_ms: row.get::<_, i64>(6)?.max(0) as u64,
+        first_customer_message_at_ms: opt_u64(row, 7)?,
+        first_response_at_ms: opt_u64(row, 8)?,
+        resolved_at_ms: opt_u64(row, 9)?,
+        last_message_at_ms: opt_u64(row, 10)?,
+        message_count: row.get::<_, i64>(11)?.max(0) as u64,
+        intent: row.get(12)?,
+    })
+}
+
+/// SQL arguments built alongside a query string: `push` returns the placeholder.
+#[derive(Default)]
+struct Args(Vec<rusqlite::types::Value>);
+
+impl Args {
+    fn push(&mut self, value: impl Into<rusqlite::types::Value>) -> String {
+        self.0.push(value.into());
+        format!("?{}", self.0.len())
+    }
+}
+
+fn list_conversations(
+    c: &Connection,
+    f: &ConversationFilter,
+) -> rusqlite::Result<Vec<ConversationSummary>> {
+    let mut args = Args::default();
+    let mut sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE 1");
+    if let Some(store) = &f.store {
+        sql += &format!(" AND store_id = {}", args.push(store.clone()));
+    }
+    if let Some(statuses) = &f.statuses {
+        let list: Vec<String> = statuses.iter().map(|s| args.push(s.to_string())).collect();
+        sql += &format!(" AND status IN ({})", list.join(", "));
+    }
+    if let Some(from) = f.from_ms {
+        sql += &format!(" AND created_at_ms >= {}", args.push(from as i64));
+    }
+    if let Some(to) = f.to_ms {
+        sql += &format!(" AND created_at_ms < {}", args.push(to as i64));
+    }
+    if let Some(agent) = &f.agent_id {
+        sql += &format!(" AND agent_id = {}", args.push(agent.clone()));
+    }
+    if let Some(intent) = &f.intent {
+        sql += &format!(
+            " AND coalesce(intent, 'unknown') = {}",
+            args.push(intent.clone())
+        );
+    }
+    if let Some((at, id)) = &f.before {
+        let at = args.push(*at as i64);
+        let id = args.push(id.clone());
+        sql += &format!(" AND (created_at_ms, id) < ({at}, {id})");
+    }
+    sql += &format!(
+        " ORDER BY created_at_ms DESC, id DESC LIMIT {}",
+        args.push(f.limit as i64)
+    );
+    let mut stmt = c.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args.0.iter()), conversation_row)?;
+    rows.collect()
+}
+
+/// The sender's current display name (from the participants table), else the one the message
+/// was projected with. `m` is the messages table, `p` a LEFT JOIN of participants on [`SENDER_JOIN`].
+const SENDER_NAME: &str = "coalesce(p.display_name, m.sender_name)";
+const SENDER_JOIN: &str = "LEFT JOIN participants p ON p.conversation = m.conversation AND \
+    p.participant = CASE WHEN m.sender_id IS NULL THEN m.sender_kind \
+    ELSE m.sender_kind || ':' || m.sender_id END";
+
+fn conversation_detail(
+    c: &mut Connection,
+    id: &str,
+) -> rusqlite::Result<Option<ConversationDetail>> {
+    let tx = c.transaction()?;
+    let Some(conversation) = tx
+        .query_row(
+            &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?1"),
+            [id],
+            conversation_row,
+        )
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let participants = {
+        let mut stmt = tx.prepare(
+            "SELECT kind, participant_id, display_name, joined_at_ms FROM participants \
+             WHERE conversation = ?1 ORDER BY joined_at_ms, participant",
+        )?;
+        let rows = stmt.query_map([id], |r| {
+            Ok(ParticipantView {
+                kind: r.get(0)?,
+                id: r.get(1)?,
+                display_name: r.get(2)?,
+                joined_at_ms: r.get::<_, i64>(3)?.max(0) as u64,
+            })
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    let messages = {
+        let mut stmt = tx.prepare(&format!(
+            "SELECT m.id, m.sender_kind, m.sender_id, {SENDER_NAME}, m.body, m.sent_at_ms, \
+             m.intent FROM messages m {SENDER_JOIN} \
+             WHERE m.conversation = ?1 ORDER BY m.sent_at_ms, m.id"
+        ))?;
+        let rows = stmt.query_map([id], |r| {
+            Ok(TranscriptMessage {
+                id: r.get(0)?,
+                sender: Sender {
+                    kind: r.get(1)?,
+                    id: r.get(2)?,
+                    display_name: r.get(3)?,
+                },
+                body: r.get(4)?,
+                sent_at_ms: r.get::<_, i64>(5)?.max(0) as u64,
+                intent: r.get(6)?,
+            })
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    Ok(Some(ConversationDetail {
+        conversation,
+        participants,
+        messages,
+    }))
+}
+
+/// Characters a trigram index needs in a term to find it.
+pub const TRIGRAM_CHARS: usize = 3;
+
+/// `%term%` for LIKE, with the pattern characters escaped by `\`.
+fn like_pattern(term: &str) -> String {
+    let mut pattern = String::with_capacity(term.len() + 2);
+    pattern.push('%');
+    for ch in term.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(ch);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// Terms of 3+ characters go to the trigram index as quoted phrases (substring matches); the
+/// shorter ones filter the index's candidates with LIKE. With no long term there is nothing to
+/// look up, so the newest `scan_messages` messages are scanned with LIKE. Either way the newest
+/// received come first (the index walks its rowids backwards, which stops at `limit`).
+fn search_messages(
+    c: &Connection,
+    q: &SearchQuery,
+) -> rusqlite::Result<(SearchMethod, Vec<SearchHit>)> {
+    let (long, short): (Vec<&String>, Vec<&String>) = q
+        .terms
+        .iter()
+        .partition(|t| t.chars().count() >= TRIGRAM_CHARS);
+    let mut args = Args::default();
+    let method;
+    let mut sql;
+    if long.is_empty() {
+        method = SearchMethod::Scan;
+        let store = match &q.store {
+            Some(store) => format!("WHERE store_id = {}", args.push(store.clone())),
+            None => String::new(),
+        };
+        let scan = args.push(q.scan_messages as i64);
+        sql = format!(
+            "SELECT m.conversation, m.store_id, m.id, m.sender_kind, m.sender_id, \
+             {SENDER_NAME}, m.sent_at_ms, m.body \
+             FROM (SELECT * FROM messages {store} ORDER BY seq DESC LIMIT {scan}) m \
+             {SENDER_JOIN} WHERE 1"
+        );
+    } else {
+        method = SearchMethod::Index;
+        let phrase: Vec<String> = long
+            .iter()
+            .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+            .collect();
+        let matched = args.push(phrase.join(" AND "));
+        sql = format!(
+            "SELECT m.conversation, m.store_id, m.id, m.sender_kind, m.sender_id, \
+             {SENDER_NAME}, m.sent_at_ms, m.body \
+             FROM messages_fts f JOIN messages m ON m.seq = f.rowid {SENDER_JOIN} \
+             WHERE messages_fts MATCH {matched}"
+        );
+        if let Some(store) = &q.store {
+            sql += &format!(" AND m.store_id = {}", args.push(store.clone()));
+        }
+    }
+    for term in short {
+        sql += &format!(
+            " AND m.body LIKE {} ESCAPE '\\'",
+            args.push(like_pattern(term))
+        );
+    }
+    sql += &format!(" ORDER BY m.seq DESC LIMIT {}", args.push(q.limit as i64));
+    let mut stmt = c.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args.0.iter()), |r| {
+        Ok(SearchHit {
+            conversation_id: r.get(0)?,
+            store_id: r.get(1)?,
+            message_id: r.get(2)?,
+            sender: Sender {
+                kind: r.get(3)?,
+                id: r.get(4)?,
+                display_name: r.get(5)?,
+            },
+            sent_at_ms: r.get::<_, i64>(6)?.max(0) as u64,
+            body: r.get(7)?,
+        })
+    })?;
+    Ok((method, rows.collect::<Result<Vec<_>, _>>()?))
+}
+
+const HOUR_MS: u64 = 3_600_000;
+
+/// Duration statistics of conversations created in the range, grouped by `group` (an SQL
+/// expression over `conversations`): nearest-rank percentiles computed by SQLite's window
+/// functions, so no list of durations is held in memory.
+fn duration_stats(
+    c: &Connection,
+    q: &FiguresQuery,
+    group: &str,
+    value: &str,
+    present: &str,
+) -> rusqlite::Result<Vec<(String, DurationStats)>> {
+    let sql = format!(
+        "WITH v AS (SELECT {group} AS g, max(0, {value}) AS v FROM conversations \
+             WHERE {present} IS NOT NULL AND created_at_ms >= ?1 AND created_at_ms < ?2 \
+             AND (?3 IS NULL OR store_id = ?3)), \
+         r AS (SELECT g, v, row_number() OVER (PARTITION BY g ORDER BY v) AS rn, \
+             count(*) OVER (PARTITION BY g) AS n FROM v) \
+         SELECT g, n, sum(v), \
+             max(CASE WHEN rn = (n * 50 + 99) / 100 THEN v END), \
+             max(CASE WHEN rn = (n * 90 + 99) / 100 THEN v END) \
+         FROM r GROUP BY g, n"
+    );
+    let mut stmt = c.prepare(&sql)?;
+    let rows = stmt.query_map(params![q.from_ms as i64, q.to_ms as i64, q.store], |r| {
+        let count = r.get::<_, i64>(1)?.max(0) as u64;
+        let sum = r.get::<_, i64>(2)?.max(0) as u64;
+        Ok((
+            r.get::<_, String>(0)?,
+            DurationStats {
+                count,
+                avg_ms: (count > 0).then(|| (sum + count / 2) / count),
+                p50_ms: opt_u64(r, 3)?,
+                p90_ms: opt_u64(r, 4)?,
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
+/// Counts grouped by `group` over `table` rows whose `at` column is in the range.
+fn counts(
+    c: &Connection,
+    q: &FiguresQuery,
+    table: &str,
+    group: &str,
+    at: &str,
+) -> rusqlite::Result<Vec<(String, u64)>> {
+    let sql = format!(
+        "SELECT {group}, count(*) FROM {table} WHERE {at} >= ?1 AND {at} < ?2 \
+         AND (?3 IS NULL OR store_id = ?3) GROUP BY 1"
+    );
+    let mut stmt = c.prepare(&sql)?;
+    let rows = stmt.query_map(params![q.from_ms as i64, q.to_ms as i64, q.store], |r| {
+        // Hours come back as integers; every other group is text.
+        let key = match r.get_ref(0)? {
+            rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+            other => other.as_str().unwrap_or("").to_owned(),
+        };
+        Ok((key, r.get::<_, i64>(1)?.max(0) as u64))
+    })?;
+    rows.collect()
+}
+
+fn figures(c: &mut Connection, q: &FiguresQuery) -> rusqlite::Result<Figures> {
+    let tx = c.transaction()?;
+    let first_response = (
+        "first_response_at_ms - first_customer_message_at_ms",
+        "first_response_at_ms",
+    );
+    let resolution = ("resolved_at_ms - created_at_ms", "resolved_at_ms");
+    let intent = "coalesce(intent, 'unknown')";
+    let mut groups: [(&str, std::collections::BTreeMap<String, GroupFigures>); 3] = [
+        ("'all'", Default::default()),
+        ("store_id", Default::default()),
+        (intent, Default::default()),
+    ];
+    for (group, figures) in groups.iter_mut() {
+        for (key, stats) in duration_stats(&tx, q, group, first_response.0, first_response.1)? {
+            figures.entry(key).or_default().first_response = stats;
+        }
+        for (key, stats) in duration_stats(&tx, q, group, resolution.0, resolution.1)? {
+            figures.entry(key).or_default().resolution = stats;
+        }
+        for (key, n) in counts(&tx, q, "conversations", group, "created_at_ms")? {
+            figures.entry(key).or_default().new_conversations = n;
+        }
+    }
+    // Messages carry their store; intents are per conversation for now, so messages are
+    // counted in total and per store only.
+    for (group, figures) in groups.iter_mut().take(2) {
+        for (key, n) in counts(&tx, q, "messages", group, "sent_at_ms")? {
+            figures.entry(key).or_default().messages = n;
+        }
+    }
+    let hour = format!("(sent_at_ms / {HOUR_MS})");
+    let message_hours = counts(&tx, q, "messages", &hour, "sent_at_ms")?;
+    let hour = format!("(created_at_ms / {HOUR_MS})");
+    let conversation_hours = counts(&tx, q, "conversations", &hour, "created_at_ms")?;
+    let first = q.from_ms / HOUR_MS;
+    let mut hours: Vec<HourVolume> = (first..q.to_ms.div_ceil(HOUR_MS))
+        .map(|h| HourVolume {
+            hour_start_ms: h * HOUR_MS,
+            messages: 0,
+            new_conversations: 0,
+        })
+        .collect();
+    let slot = |key: &str| {
+        key.parse::<u64>()
+            .ok()
+            .and_then(|h| h.checked_sub(first))
+            .map(|i| i as usize)
+    };
+    for (key, n) in message_hours {
+        if let Some(h) = slot(&key).and_then(|i| hours.get_mut(i)) {
+            h.messages = n;
+        }
+    }
+    for (key, n) in conversation_hours {
+        if let Some(h) = slot(&key).and_then(|i| hours.get_mut(i)) {
+            h.new_conversations = n;
+        }
+    }
+    let [(_, mut all), (_, by_store), (_, by_intent)] = groups;
+    Ok(Figures {
+        hours,
+        totals: all.remove("all").unwrap_or_default(),
+        by_store,
+        by_intent,
+    })
 }
 
 #[cfg(test)]
@@ -527,6 +1000,7 @@ mod tests {
             chunk: vec![1, 2],
             heads: vec![7; 32],
             sync_state: vec![0],
+            projection: None,
             now_ms: 3,
         };
         assert!(store.save_synced(write.clone()).await.unwrap());
@@ -547,6 +1021,153 @@ mod tests {
         assert_eq!((origin.as_str(), bytes), ("s1", vec![1, 2, 3]));
         assert_eq!(store.manifest("s1".into()).await.unwrap().len(), 1);
         assert_eq!(store.count_documents().await.unwrap(), 1);
+        store.stop();
+    }
+
+    /// A conversation of store `s1` with customer and staff messages, resolved.
+    fn projected(store_id: &str) -> (Projection, Projection) {
+        use aisle_sync::*;
+        let customer = CustomerId::new();
+        let agent = StaffId::new();
+        let meta = Meta::new(ConversationId::new(), store_id, customer, 1_000);
+        let mut c = Conversation::create(&meta).unwrap();
+        let start = c.heads();
+        c.put_participant(&ParticipantRecord {
+            participant: Participant::Staff(agent),
+            display_name: "小王".into(),
+            joined_at_ms: 1_000,
+        })
+        .unwrap();
+        let mut add = |sender: Participant, body: &str, at: u64| {
+            c.add_message(&MessageRecord {
+                id: MessageId::new(),
+                client_msg_id: body.into(),
+                sender,
+                body: body.into(),
+                sent_at_ms: at,
+            })
+            .unwrap();
+        };
+        add(
+            Participant::Customer(customer),
+            "我想退货，这件外套太小了",
+            2_000,
+        );
+        add(
+            Participant::Staff(agent),
+            "好的，请带上收据 (receipt)",
+            5_000,
+        );
+        let first = c.changes_since(&start);
+        let first = crate::projection::of_round(&c, first).unwrap();
+        let middle = c.heads();
+        let claim = Event {
+            id: EventId::new(),
+            kind: EventKind::Claim { agent },
+            actor: Participant::Staff(agent),
+            hlc: Hlc::new(3_000, 0),
+            prev: None,
+        };
+        c.add_event(&claim).unwrap();
+        c.add_event(&Event {
+            id: EventId::new(),
+            kind: EventKind::Resolve,
+            actor: Participant::Staff(agent),
+            hlc: Hlc::new(9_000, 0),
+            prev: Some(claim.id),
+        })
+        .unwrap();
+        let second = c.changes_since(&middle);
+        (first, crate::projection::of_round(&c, second).unwrap())
+    }
+
+    #[tokio::test]
+    async fn projection_is_idempotent_searchable_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("hub.db"), 1).unwrap();
+        store
+            .create_store(NewStore {
+                id: "s1".into(),
+                name: "One".into(),
+                region: "r".into(),
+                token_hash: vec![0; 32],
+                token_expires_at_ms: 1,
+                now_ms: 1,
+            })
+            .await
+            .unwrap();
+        let (first, second) = projected("s1");
+        let id = first.conversation.id.clone();
+        let write = |projection: &Projection| SyncWrite {
+            store_id: "s1".into(),
+            doc_key: format!("conversation:{id}"),
+            origin_store: "s1".into(),
+            chunk: vec![],
+            heads: vec![],
+            sync_state: vec![],
+            projection: Some(projection.clone()),
+            now_ms: 1,
+        };
+        // The first round twice (a repeated record), then the resolve.
+        for p in [&first, &first, &second] {
+            store.save_synced(write(p)).await.unwrap();
+        }
+        let detail = store
+            .conversation_detail(id.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        let c = &detail.conversation;
+        assert_eq!(c.message_count, 2);
+        assert_eq!(c.status, "resolved");
+        assert_eq!(c.agent_name.as_deref(), Some("小王"));
+        assert_eq!(
+            (c.first_customer_message_at_ms, c.first_response_at_ms),
+            (Some(2_000), Some(5_000))
+        );
+        assert_eq!(c.resolved_at_ms, Some(9_000));
+        assert_eq!(detail.messages.len(), 2);
+        assert_eq!(
+            detail.messages[1].sender.display_name.as_deref(),
+            Some("小王")
+        );
+
+        let search = |terms: &[&str]| {
+            store.search_messages(SearchQuery {
+                terms: terms.iter().map(|t| t.to_string()).collect(),
+                store: None,
+                limit: 10,
+                scan_messages: 1_000,
+            })
+        };
+        let (method, hits) = search(&["外套太小"]).await.unwrap();
+        assert_eq!((method, hits.len()), (SearchMethod::Index, 1));
+        let (method, hits) = search(&["退货"]).await.unwrap();
+        assert_eq!((method, hits.len()), (SearchMethod::Scan, 1));
+        let (_, hits) = search(&["RECEIPT"]).await.unwrap();
+        assert_eq!(hits.len(), 1, "case-insensitive for ASCII");
+        let (_, hits) = search(&["receipt", "收据"]).await.unwrap();
+        assert_eq!(hits.len(), 1, "a long and a short term together");
+        let (_, hits) = search(&["100%"]).await.unwrap();
+        assert!(hits.is_empty());
+        let (_, hits) = search(&["%"]).await.unwrap();
+        assert!(hits.is_empty(), "LIKE characters are literal");
+
+        let figures = store
+            .figures(FiguresQuery {
+                from_ms: 0,
+                to_ms: 2 * HOUR_MS,
+                store: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(figures.hours.len(), 2);
+        assert_eq!(figures.hours[0].messages, 2);
+        assert_eq!(figures.totals.new_conversations, 1);
+        assert_eq!(figures.totals.first_response.p50_ms, Some(3_000));
+        assert_eq!(figures.totals.resolution.avg_ms, Some(8_000));
+        assert_eq!(figures.by_store["s1"].messages, 2);
+        assert_eq!(figures.by_intent["unknown"].new_conversations, 1);
         store.stop();
     }
 }
