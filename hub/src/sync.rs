@@ -643,7 +643,8 @@ impl Session {
             return Err(Self::internal("document vanished"));
         };
         let before = conversation.heads();
-        if let Err(err) = self.peer.receive(key, conversation, message) {
+        let peer = &mut self.peer;
+        if let Err(err) = cpu_work(|| peer.receive(key, conversation, message)) {
             if !self.persisted.contains(key) {
                 self.docs.remove(key);
             }
@@ -671,14 +672,17 @@ impl Session {
                 "the conversation was not opened at this store",
             ));
         }
-        let delta = conversation.changes_since(&before);
-        let projection = projection::of_round(conversation, delta);
         let new = !self.persisted.contains(key);
-        let chunk = if new {
-            conversation.save()
-        } else {
-            conversation.save_incremental()
-        };
+        let (projection, chunk) = cpu_work(|| {
+            let delta = conversation.changes_since(&before);
+            let projection = projection::of_round(conversation, delta);
+            let chunk = if new {
+                conversation.save()
+            } else {
+                conversation.save_incremental()
+            };
+            (projection, chunk)
+        });
         let heads: Vec<u8> = conversation
             .heads()
             .iter()
@@ -717,5 +721,17 @@ impl Session {
             return Err(Self::internal("document vanished"));
         };
         Ok(self.peer.answer(key, conversation))
+    }
+}
+
+/// Runs Automerge work (applying a round, saving, projecting: up to milliseconds for a large
+/// document) without stalling the other tasks of the runtime worker: on the multi-threaded
+/// runtime the worker hands its other tasks to a new thread while this one computes.
+fn cpu_work<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
     }
 }
