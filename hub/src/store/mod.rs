@@ -294,6 +294,10 @@ pub trait HubStore: Send + Sync + 'static {
     fn save_synced(&self, write: SyncWrite) -> BoxFuture<'_, StoreResult<bool>>;
     fn count_documents(&self) -> BoxFuture<'_, StoreResult<u64>>;
 
+    /// Conversation documents without a projection row (stored before schema version 2).
+    fn unprojected_documents(&self) -> BoxFuture<'_, StoreResult<Vec<String>>>;
+    /// Writes a projection on its own (the start-up backfill; sync writes it with the chunk).
+    fn save_projection(&self, projection: Projection) -> BoxFuture<'_, StoreResult<()>>;
     /// HQ: conversations of every store, newest first (created_at_ms, then id).
     fn list_conversations(
         &self,

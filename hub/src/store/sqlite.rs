@@ -412,6 +412,27 @@ impl HubStore for SqliteStore {
         })
     }
 
+    fn unprojected_documents(&self) -> BoxFuture<'_, StoreResult<Vec<String>>> {
+        self.readers.run(|c| {
+            let mut stmt = c.prepare(
+                "SELECT d.key FROM documents d LEFT JOIN conversations c \
+                 ON c.id = substr(d.key, length('conversation:') + 1) \
+                 WHERE d.key LIKE 'conversation:%' AND c.id IS NULL ORDER BY d.key",
+            )?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn save_projection(&self, projection: Projection) -> BoxFuture<'_, StoreResult<()>> {
+        self.writer.run(move |c| {
+            let tx = c.transaction()?;
+            write_projection(&tx, &projection)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     fn list_conversations(
         &self,
         filter: ConversationFilter,
@@ -1114,6 +1135,61 @@ mod tests {
         assert_eq!(figures.by_store["s1"].messages, 2);
         assert_eq!(figures.by_intent["unknown"].new_conversations, 1);
         assert_eq!(figures.by_intent["unknown"].messages, 2);
+        store.stop();
+    }
+
+    #[tokio::test]
+    async fn documents_stored_without_a_projection_are_backfilled() {
+        use aisle_sync::*;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("hub.db"), 1).unwrap();
+        store
+            .create_store(NewStore {
+                id: "s1".into(),
+                name: "One".into(),
+                region: "r".into(),
+                token_hash: vec![0; 32],
+                token_expires_at_ms: 1,
+                now_ms: 1,
+            })
+            .await
+            .unwrap();
+        let customer = CustomerId::new();
+        let meta = Meta::new(ConversationId::new(), "s1", customer, 1_000);
+        let mut c = Conversation::create(&meta).unwrap();
+        c.add_message(&MessageRecord {
+            id: MessageId::new(),
+            client_msg_id: "c1".into(),
+            sender: Participant::Customer(customer),
+            body: "stored before the projection existed".into(),
+            sent_at_ms: 2_000,
+        })
+        .unwrap();
+        // As a hub of schema version 1 stored it: the document, no projection.
+        store
+            .save_synced(SyncWrite {
+                store_id: "s1".into(),
+                doc_key: DocumentKey::from(meta.id).to_string(),
+                origin_store: "s1".into(),
+                chunk: c.save(),
+                heads: vec![],
+                sync_state: vec![],
+                projection: None,
+                now_ms: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.unprojected_documents().await.unwrap().len(), 1);
+        assert_eq!(crate::projection::backfill(&store).await.unwrap(), 1);
+        assert!(store.unprojected_documents().await.unwrap().is_empty());
+        let detail = store
+            .conversation_detail(meta.id.to_string())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(detail.conversation.message_count, 1);
+        assert_eq!(detail.conversation.status, "queued");
+        assert_eq!(crate::projection::backfill(&store).await.unwrap(), 0);
         store.stop();
     }
 }
