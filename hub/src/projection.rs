@@ -19,6 +19,7 @@ use aisle_sync::{
 };
 
 use crate::metrics::METRICS;
+use crate::store::{HubStore, StoreResult};
 
 /// The rows one received round writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,7 +165,10 @@ pub fn project(
 }
 
 /// The projection of a round just received into `conversation` (complete), given what
-/// `changes_since` the heads before the round returned; `None` when the round brought no record.
+/// `changes_since` the heads before the round returned; `None` when the round brought no record
+/// to a conversation that has messages (so it was projected before). A conversation without
+/// messages is projected anyway: its first round may carry nothing but the skeleton, and it
+/// must still be listed; such a document is tiny.
 ///
 /// A record that does not decode is logged and counted
 /// (`aisle_hub_projection_failures_total`) and the round is stored without a projection: the
@@ -174,7 +178,7 @@ pub fn of_round(
     delta: Result<Delta, SyncError>,
 ) -> Option<Projection> {
     let rows = delta.and_then(|delta| {
-        if delta.is_empty() {
+        if delta.is_empty() && conversation.message_count() > 0 {
             return Ok(None);
         }
         let meta = conversation.meta()?;
@@ -203,6 +207,37 @@ pub fn of_round(
     }
 }
 
+/// Projects every conversation document that has no projection row: those a hub stored before
+/// schema version 2. Runs at start, before the hub serves, so that no sync round projects the
+/// same conversation concurrently with an older state. Returns how many were projected; a
+/// document that does not load or project is logged and left for the next start.
+pub async fn backfill(store: &dyn HubStore) -> StoreResult<usize> {
+    let keys = store.unprojected_documents().await?;
+    let mut projected = 0;
+    for key in keys {
+        let Some((_, bytes)) = store.load_document(key.clone()).await? else {
+            continue;
+        };
+        let mut conversation = match Conversation::load(&bytes) {
+            Ok(conversation) => conversation,
+            Err(err) => {
+                tracing::error!(doc = %key, error = %err, "a stored document did not load");
+                METRICS.projection_failures.inc();
+                continue;
+            }
+        };
+        let delta = conversation.changes_since(&[]);
+        if let Some(projection) = of_round(&conversation, delta) {
+            store.save_projection(projection).await?;
+            projected += 1;
+        }
+    }
+    if projected > 0 {
+        tracing::info!(projected, "conversations projected for HQ");
+    }
+    Ok(projected)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +252,13 @@ mod tests {
         let agent = StaffId::from_ulid(Ulid(7));
         let meta = Meta::new(ConversationId::from_ulid(Ulid(1)), "s1", customer, 1_000);
         let mut c = Conversation::create(&meta).unwrap();
+        // A bare skeleton is listed (queued, no messages).
+        let bare = c.changes_since(&[]);
+        let bare = of_round(&c, bare).expect("a new conversation is projected");
+        assert_eq!(
+            (bare.conversation.status, bare.messages.len()),
+            ("queued", 0)
+        );
         let before = c.heads();
         c.put_participant(&ParticipantRecord {
             participant: Participant::Staff(agent),

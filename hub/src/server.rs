@@ -45,6 +45,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         create_first_admin(store.as_ref(), &config).await?;
     }
     METRICS.documents.set(store.count_documents().await? as i64);
+    crate::projection::backfill(store.as_ref()).await?;
 
     let listener = TcpListener::bind(config.listen)
         .await

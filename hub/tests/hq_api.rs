@@ -632,6 +632,7 @@ async fn hq_lists_reads_searches_and_counts_synced_conversations() {
         json!({"count": 0, "avg_ms": null, "p50_ms": null, "p90_ms": null})
     );
     assert_eq!(figures["by_intent"]["unknown"]["new_conversations"], 3);
+    assert_eq!(figures["by_intent"]["unknown"]["messages"], 6);
     assert_eq!(
         figures["by_intent"]["unknown"]["first_response"]["count"],
         2

@@ -331,6 +331,10 @@ pub trait HubStore: Send + Sync + 'static {
     /// Every (document, store) share, for the hub's in-memory map of who syncs what.
     fn shares(&self) -> BoxFuture<'_, StoreResult<Vec<(String, String)>>>;
 
+    /// Conversation documents without a projection row (stored before schema version 2).
+    fn unprojected_documents(&self) -> BoxFuture<'_, StoreResult<Vec<String>>>;
+    /// Writes a projection on its own (the start-up backfill; sync writes it with the chunk).
+    fn save_projection(&self, projection: Projection) -> BoxFuture<'_, StoreResult<()>>;
     /// HQ: conversations of every store, newest first (created_at_ms, then id).
     fn list_conversations(
         &self,

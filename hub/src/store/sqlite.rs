@@ -490,6 +490,27 @@ impl HubStore for SqliteStore {
         })
     }
 
+    fn unprojected_documents(&self) -> BoxFuture<'_, StoreResult<Vec<String>>> {
+        self.readers.run(|c| {
+            let mut stmt = c.prepare(
+                "SELECT d.key FROM documents d LEFT JOIN conversations c \
+                 ON c.id = substr(d.key, length('conversation:') + 1) \
+                 WHERE d.key LIKE 'conversation:%' AND c.id IS NULL ORDER BY d.key",
+            )?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn save_projection(&self, projection: Projection) -> BoxFuture<'_, StoreResult<()>> {
+        self.writer.run(move |c| {
+            let tx = c.transaction()?;
+            write_projection(&tx, &projection)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     fn list_conversations(
         &self,
         filter: ConversationFilter,
@@ -866,17 +887,18 @@ fn duration_stats(
     rows.collect()
 }
 
-/// Counts grouped by `group` over `table` rows whose `at` column is in the range.
+/// Counts grouped by `group` over `table` rows whose `at` column is in the range (and whose
+/// `store` column is the query's store, if it names one).
 fn counts(
     c: &Connection,
     q: &FiguresQuery,
     table: &str,
     group: &str,
-    at: &str,
+    [at, store]: [&str; 2],
 ) -> rusqlite::Result<Vec<(String, u64)>> {
     let sql = format!(
         "SELECT {group}, count(*) FROM {table} WHERE {at} >= ?1 AND {at} < ?2 \
-         AND (?3 IS NULL OR store_id = ?3) GROUP BY 1"
+         AND (?3 IS NULL OR {store} = ?3) GROUP BY 1"
     );
     let mut stmt = c.prepare(&sql)?;
     let rows = stmt.query_map(params![q.from_ms as i64, q.to_ms as i64, q.store], |r| {
@@ -910,21 +932,43 @@ fn figures(c: &mut Connection, q: &FiguresQuery) -> rusqlite::Result<Figures> {
         for (key, stats) in duration_stats(&tx, q, group, resolution.0, resolution.1)? {
             figures.entry(key).or_default().resolution = stats;
         }
-        for (key, n) in counts(&tx, q, "conversations", group, "created_at_ms")? {
+        for (key, n) in counts(
+            &tx,
+            q,
+            "conversations",
+            group,
+            ["created_at_ms", "store_id"],
+        )? {
             figures.entry(key).or_default().new_conversations = n;
         }
     }
-    // Messages carry their store; intents are per conversation for now, so messages are
-    // counted in total and per store only.
-    for (group, figures) in groups.iter_mut().take(2) {
-        for (key, n) in counts(&tx, q, "messages", group, "sent_at_ms")? {
+    // Messages count under their conversation's intent (messages have none of their own yet).
+    let [(_, all), (_, by_store), (_, by_intent)] = &mut groups;
+    for (group, figures) in [("'all'", all), ("store_id", by_store)] {
+        for (key, n) in counts(&tx, q, "messages", group, ["sent_at_ms", "store_id"])? {
             figures.entry(key).or_default().messages = n;
         }
     }
+    let messages_by_intent = counts(
+        &tx,
+        q,
+        "messages m JOIN conversations c ON c.id = m.conversation",
+        "coalesce(c.intent, 'unknown')",
+        ["m.sent_at_ms", "m.store_id"],
+    );
+    for (key, n) in messages_by_intent? {
+        by_intent.entry(key).or_default().messages = n;
+    }
     let hour = format!("(sent_at_ms / {HOUR_MS})");
-    let message_hours = counts(&tx, q, "messages", &hour, "sent_at_ms")?;
+    let message_hours = counts(&tx, q, "messages", &hour, ["sent_at_ms", "store_id"])?;
     let hour = format!("(created_at_ms / {HOUR_MS})");
-    let conversation_hours = counts(&tx, q, "conversations", &hour, "created_at_ms")?;
+    let conversation_hours = counts(
+        &tx,
+        q,
+        "conversations",
+        &hour,
+        ["created_at_ms", "store_id"],
+    )?;
     let first = q.from_ms / HOUR_MS;
     let mut hours: Vec<HourVolume> = (first..q.to_ms.div_ceil(HOUR_MS))
         .map(|h| HourVolume {
@@ -1168,6 +1212,62 @@ mod tests {
         assert_eq!(figures.totals.resolution.avg_ms, Some(8_000));
         assert_eq!(figures.by_store["s1"].messages, 2);
         assert_eq!(figures.by_intent["unknown"].new_conversations, 1);
+        assert_eq!(figures.by_intent["unknown"].messages, 2);
+        store.stop();
+    }
+
+    #[tokio::test]
+    async fn documents_stored_without_a_projection_are_backfilled() {
+        use aisle_sync::*;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("hub.db"), 1).unwrap();
+        store
+            .create_store(NewStore {
+                id: "s1".into(),
+                name: "One".into(),
+                region: "r".into(),
+                token_hash: vec![0; 32],
+                token_expires_at_ms: 1,
+                now_ms: 1,
+            })
+            .await
+            .unwrap();
+        let customer = CustomerId::new();
+        let meta = Meta::new(ConversationId::new(), "s1", customer, 1_000);
+        let mut c = Conversation::create(&meta).unwrap();
+        c.add_message(&MessageRecord {
+            id: MessageId::new(),
+            client_msg_id: "c1".into(),
+            sender: Participant::Customer(customer),
+            body: "stored before the projection existed".into(),
+            sent_at_ms: 2_000,
+        })
+        .unwrap();
+        // As a hub of schema version 1 stored it: the document, no projection.
+        store
+            .save_synced(SyncWrite {
+                store_id: "s1".into(),
+                doc_key: DocumentKey::from(meta.id).to_string(),
+                origin_store: "s1".into(),
+                chunk: c.save(),
+                heads: vec![],
+                sync_state: vec![],
+                projection: None,
+                now_ms: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.unprojected_documents().await.unwrap().len(), 1);
+        assert_eq!(crate::projection::backfill(&store).await.unwrap(), 1);
+        assert!(store.unprojected_documents().await.unwrap().is_empty());
+        let detail = store
+            .conversation_detail(meta.id.to_string())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(detail.conversation.message_count, 1);
+        assert_eq!(detail.conversation.status, "queued");
+        assert_eq!(crate::projection::backfill(&store).await.unwrap(), 0);
         store.stop();
     }
 }
