@@ -489,6 +489,7 @@ pub async fn create_canned(
         shortcut: input.shortcut,
         title: input.title,
         body: input.body,
+        source: "store".into(),
     };
     let row = reply.clone();
     app.writer
@@ -516,10 +517,12 @@ pub async fn update_canned(
         shortcut: input.shortcut,
         title: input.title,
         body: input.body,
+        source: "store".into(),
     };
     let row = reply.clone();
     app.writer
         .exec(move |conn| {
+            refuse_hq_reply(conn, &row.id)?;
             let changed = conn.execute(
                 "UPDATE canned_replies SET shortcut = ?2, title = ?3, body = ?4, updated_at_ms = ?5 WHERE id = ?1",
                 rusqlite::params![row.id, row.shortcut, row.title, row.body, now_ms() as i64],
@@ -533,6 +536,24 @@ pub async fn update_canned(
     Ok(Json(json!({ "canned_reply": reply })).into_response())
 }
 
+/// HQ's replies arrive with the store's settings document and are changed at the hub only.
+fn refuse_hq_reply(conn: &rusqlite::Connection, id: &str) -> Result<(), ApiError> {
+    let source: Option<String> = conn
+        .query_row(
+            "SELECT source FROM canned_replies WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if source.as_deref() == Some("hq") {
+        return Err(ApiError::new(
+            Code::Forbidden,
+            "this canned reply is set by HQ for the region; change it at the hub",
+        ));
+    }
+    Ok(())
+}
+
 pub async fn delete_canned(
     State(app): AppState,
     auth: StaffAuth,
@@ -541,6 +562,7 @@ pub async fn delete_canned(
     auth.require_admin()?;
     app.writer
         .exec(move |conn| {
+            refuse_hq_reply(conn, &id)?;
             let changed = conn.execute("DELETE FROM canned_replies WHERE id = ?1", [id])?;
             if changed == 0 {
                 return Err(ApiError::new(Code::NotFound, "no such canned reply"));

@@ -435,7 +435,7 @@ impl Link {
         if self.generating {
             return Ok(());
         }
-        let keys: Vec<ConversationId> = {
+        let keys: Vec<DocumentKey> = {
             let mut peer = self.hub.peer.lock().map_err(|_| "sync lock poisoned")?;
             let room = peer
                 .limits()
@@ -444,9 +444,7 @@ impl Link {
             let mut keys = Vec::with_capacity(room);
             while keys.len() < room.max(1) {
                 let Some(key) = peer.next_ready() else { break };
-                if let Some(id) = key.conversation_id() {
-                    keys.push(id);
-                }
+                keys.push(key);
             }
             keys
         };
@@ -635,6 +633,22 @@ async fn local_manifest(app: &App) -> Result<Vec<ManifestEntry>, ApiError> {
                     .filter_map(|h| <[u8; 32]>::try_from(h).ok().map(Head))
                     .collect();
                 manifest.push((DocumentKey::from(id), heads));
+            }
+            // And the documents the hub writes for this store (its settings).
+            let mut statement = conn.prepare("SELECT key, heads FROM hub_documents")?;
+            let rows = statement.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            for row in rows {
+                let (key, heads) = row?;
+                let Ok(key) = key.parse::<DocumentKey>() else {
+                    continue;
+                };
+                let heads = heads
+                    .chunks_exact(32)
+                    .filter_map(|h| <[u8; 32]>::try_from(h).ok().map(Head))
+                    .collect();
+                manifest.push((key, heads));
             }
             Ok(manifest)
         })

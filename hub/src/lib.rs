@@ -21,6 +21,7 @@ pub mod limits;
 pub mod metrics;
 pub mod projection;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod sync;
 
@@ -45,6 +46,8 @@ pub struct App {
     pub registry: Registry,
     /// Documents continued at stores other than their origin.
     pub shares: continuation::Shares,
+    /// Serialises HQ's edits of the stores' settings documents.
+    pub settings_lock: settings::SettingsLock,
     /// One permit per open sync connection.
     pub sync_connections: Arc<Semaphore>,
     /// Bounds concurrent Argon2 work.

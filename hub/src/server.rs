@@ -64,6 +64,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         store: Arc::clone(&store) as Arc<dyn HubStore>,
         registry: Registry::default(),
         shares: crate::continuation::Shares::load(store.shares().await?),
+        settings_lock: Default::default(),
         config,
     });
     tracing::info!(
@@ -91,6 +92,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/enroll", post(api::enroll))
         .route("/api/handoffs", post(crate::continuation::register))
         .route("/api/continuations", post(crate::continuation::redeem))
+        .route("/api/canned-replies", get(crate::settings::list))
+        .route(
+            "/api/canned-replies/{id}",
+            axum::routing::put(crate::settings::put).delete(crate::settings::delete),
+        )
         .route("/api/stores", get(api::list_stores).post(api::create_store))
         .route("/api/stores/{id}/revoke", post(api::revoke_store))
         .route("/api/conversations", get(hq::list_conversations))

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use aisle_sync::protocol::codes;
 use aisle_sync::{
-    Conversation, DocumentKey, Frame, Head, ManifestEntry, PeerSync, ProtocolError, decode_frame,
-    encode_frame, manifest_frames,
+    Conversation, DocumentKey, Frame, Head, ManifestEntry, PeerSync, ProtocolError, Settings,
+    decode_frame, encode_frame, manifest_frames,
 };
 use axum::extract::ws::{Message, WebSocket};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
@@ -103,7 +103,7 @@ impl Registry {
 
     /// Tells `store_id`'s session (if connected) that `key` changed at another store. A store
     /// that is offline finds the change in the manifest of its next session.
-    fn push(&self, store_id: &str, key: &DocumentKey) {
+    pub(crate) fn push(&self, store_id: &str, key: &DocumentKey) {
         if let Ok(map) = self.connections.lock()
             && let Some(connected) = map.get(store_id)
         {
@@ -207,6 +207,7 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, _permit: OwnedSemaphore
         app: Arc::clone(&app),
         store_id,
         docs: HashMap::new(),
+        settings: None,
         persisted: HashSet::new(),
         local_manifest: Vec::new(),
         remote_manifest: Vec::new(),
@@ -306,6 +307,8 @@ struct Session {
     peer: PeerSync,
     /// Documents touched this session (loaded or being received).
     docs: HashMap<DocumentKey, Conversation>,
+    /// The store's settings document, once loaded (HQ's canned replies).
+    settings: Option<Settings>,
     /// Documents the hub holds on disk (their next chunk is incremental).
     persisted: HashSet<DocumentKey>,
     local_manifest: Vec<ManifestEntry>,
@@ -494,6 +497,18 @@ impl Session {
     /// Starts rounds for documents to push while the window has room.
     async fn pump(&mut self) -> Result<(), &'static str> {
         while let Some(key) = self.peer.next_ready() {
+            if let DocumentKey::Settings(_) = key {
+                if self.settings.is_none() && self.refresh(&key).await.is_err() {
+                    continue;
+                }
+                let Some(doc) = self.settings.as_mut() else {
+                    continue;
+                };
+                if let Some(frame) = self.peer.generate(&key, doc) {
+                    self.send(&frame).await.map_err(|_| "send failed")?;
+                }
+                continue;
+            }
             if !self.docs.contains_key(&key) && self.refresh(&key).await.is_err() {
                 continue;
             }
@@ -518,6 +533,30 @@ impl Session {
         else {
             return Ok(());
         };
+        if let DocumentKey::Settings(store) = key {
+            if *store != self.store_id {
+                return Ok(());
+            }
+            let mut stored = match Settings::load(&bytes) {
+                Ok(doc) => doc,
+                Err(err) => {
+                    tracing::error!(doc = %key, error = %err, "stored settings do not load");
+                    return Ok(());
+                }
+            };
+            match self.settings.as_mut() {
+                Some(cached) => {
+                    if let Err(err) = cached.merge(&mut stored) {
+                        tracing::error!(doc = %key, error = %err, "merging stored settings");
+                        return Ok(());
+                    }
+                    let _ = cached.save_incremental();
+                }
+                None => self.settings = Some(stored),
+            }
+            self.persisted.insert(key.clone());
+            return self.load_sync_state(key).await;
+        }
         let mut stored = match Conversation::load(&bytes) {
             Ok(doc) => doc,
             Err(err) => {
@@ -540,24 +579,85 @@ impl Session {
             }
         }
         self.persisted.insert(key.clone());
-        if !self.peer.has_state(key) {
-            match store
-                .sync_state(self.store_id.clone(), key.to_string())
-                .await
-            {
-                Ok(Some(state)) => {
-                    if let Err(err) = self.peer.load_state(key.clone(), &state) {
-                        tracing::warn!(error = %err, "a stored sync state did not decode");
-                    }
+        self.load_sync_state(key).await
+    }
+
+    /// Installs the stored sync state of (this store, `key`), once per session.
+    async fn load_sync_state(&mut self, key: &DocumentKey) -> Result<(), &'static str> {
+        if self.peer.has_state(key) {
+            return Ok(());
+        }
+        match self
+            .app
+            .store
+            .sync_state(self.store_id.clone(), key.to_string())
+            .await
+        {
+            Ok(Some(state)) => {
+                if let Err(err) = self.peer.load_state(key.clone(), &state) {
+                    tracing::warn!(error = %err, "a stored sync state did not decode");
                 }
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::error!(error = %err, "loading a sync state");
-                    return Err("storage error");
-                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(err) => {
+                tracing::error!(error = %err, "loading a sync state");
+                Err("storage error")
             }
         }
-        Ok(())
+    }
+
+    /// A store's `sync` for its settings document: the store only answers HQ's rounds (it
+    /// never writes settings), so this is mostly acknowledgements; anything it sends is stored
+    /// like any round.
+    async fn on_settings_sync(
+        &mut self,
+        key: &DocumentKey,
+        store: &str,
+        message: &[u8],
+    ) -> Result<Frame, Frame> {
+        if store != self.store_id {
+            self.peer.on_error(key);
+            return Err(Self::doc_error(
+                key,
+                codes::NOT_ALLOWED,
+                "the settings of another store",
+            ));
+        }
+        if self.settings.is_none() {
+            self.refresh(key).await.map_err(Self::internal)?;
+        }
+        let doc = self
+            .settings
+            .get_or_insert_with(|| Settings::empty_for_sync(store));
+        if let Err(err) = self.peer.receive(key, doc, message) {
+            return Err(err.to_frame());
+        }
+        if !doc.is_complete() {
+            return Ok(self.peer.answer(key, doc));
+        }
+        let chunk = if self.persisted.contains(key) {
+            doc.save_incremental()
+        } else {
+            doc.save()
+        };
+        let write = SyncWrite {
+            store_id: self.store_id.clone(),
+            doc_key: key.to_string(),
+            origin_store: self.store_id.clone(),
+            chunk,
+            heads: doc.heads().iter().flat_map(|h| h.0.to_vec()).collect(),
+            sync_state: self.peer.save_state(key),
+            projection: None,
+            now_ms: now_ms(),
+        };
+        if let Err(err) = self.app.store.save_synced(write).await {
+            self.settings = None;
+            return Err(Self::internal(err));
+        }
+        self.persisted.insert(key.clone());
+        let doc = self.settings.as_mut().expect("set above");
+        Ok(self.peer.answer(key, doc))
     }
 
     /// The stores other than this one that sync `key` (its origin and the stores it was
@@ -594,6 +694,10 @@ impl Session {
     /// One received `sync`: the answer to send, or an error frame (session-ending when it has no
     /// `doc`).
     async fn on_sync(&mut self, key: &DocumentKey, message: &[u8]) -> Result<Frame, Frame> {
+        if let DocumentKey::Settings(store) = key {
+            let store = store.clone();
+            return self.on_settings_sync(key, &store, message).await;
+        }
         let Some(id) = key.conversation_id() else {
             self.peer.on_error(key);
             return Err(Self::doc_error(

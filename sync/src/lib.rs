@@ -37,6 +37,7 @@ pub mod ids;
 pub mod peer;
 pub mod protocol;
 pub mod session;
+pub mod settings;
 pub mod wire;
 
 /// Automerge's change hash (document heads), re-exported so users need not depend on automerge.
@@ -53,6 +54,7 @@ pub use protocol::{
 pub use session::{
     Event, EventKind, Fold, Rejected, Rejection, SessionState, Status, fold, transition,
 };
+pub use settings::{CannedReply, Settings};
 pub use wire::{decode_frame, encode_frame, manifest_frames};
 
 /// Version of the document layout described in [`conversation`]; stored in [`Meta`].

@@ -369,11 +369,13 @@ pub struct CannedReply {
     pub shortcut: String,
     pub title: String,
     pub body: String,
+    /// `store` (the store's admin manages it) or `hq` (set by HQ at the hub; read only here).
+    pub source: String,
 }
 
 pub fn canned_replies(conn: &Connection) -> Result<Vec<CannedReply>, ApiError> {
     let mut statement = conn.prepare_cached(
-        "SELECT id, shortcut, title, body FROM canned_replies ORDER BY shortcut, title",
+        "SELECT id, shortcut, title, body, source FROM canned_replies ORDER BY shortcut, title",
     )?;
     let rows = statement
         .query_map([], |r| {
@@ -382,6 +384,7 @@ pub fn canned_replies(conn: &Connection) -> Result<Vec<CannedReply>, ApiError> {
                 shortcut: r.get(1)?,
                 title: r.get(2)?,
                 body: r.get(3)?,
+                source: r.get(4)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

@@ -147,6 +147,19 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (conversation, hub_id)
     ) WITHOUT ROWID;
     "#,
+    // 3: documents the hub writes for this store (its settings: HQ's canned replies).
+    r#"
+    CREATE TABLE hub_documents (
+        key        TEXT PRIMARY KEY,
+        bytes      BLOB NOT NULL,
+        heads      BLOB NOT NULL,
+        hub_id     TEXT,
+        sync_state BLOB
+    ) WITHOUT ROWID;
+    -- 'store': written by the store's admin; 'hq': projected from the settings document (read
+    -- only here, changed by HQ at the hub).
+    ALTER TABLE canned_replies ADD COLUMN source TEXT NOT NULL DEFAULT 'store';
+    "#,
 ];
 
 /// Number of migrations this binary knows.

@@ -155,6 +155,7 @@ impl Writer {
             store_id,
             changes,
             incoming: HashMap::new(),
+            settings: None,
         };
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -270,6 +271,8 @@ struct State {
     changes: Arc<replica::Changes>,
     /// Documents the hub is sending that this store never held, until their skeleton arrives.
     incoming: HashMap<ConversationId, Conversation>,
+    /// This store's settings document (HQ's canned replies), once loaded.
+    settings: Option<aisle_sync::Settings>,
 }
 
 /// What a batch tells the world once it has committed.

@@ -330,6 +330,16 @@ pub trait HubStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, StoreResult<Redeemed>>;
     /// Every (document, store) share, for the hub's in-memory map of who syncs what.
     fn shares(&self) -> BoxFuture<'_, StoreResult<Vec<(String, String)>>>;
+    /// Appends a chunk of a document written at the hub itself (HQ's settings), creating the
+    /// document row if needed.
+    fn save_document(
+        &self,
+        doc_key: String,
+        origin_store: String,
+        chunk: Vec<u8>,
+        heads: Vec<u8>,
+        now_ms: u64,
+    ) -> BoxFuture<'_, StoreResult<()>>;
 
     /// Conversation documents without a projection row (stored before schema version 2).
     fn unprojected_documents(&self) -> BoxFuture<'_, StoreResult<Vec<String>>>;

@@ -476,6 +476,35 @@ impl HubStore for SqliteStore {
         })
     }
 
+    fn save_document(
+        &self,
+        doc_key: String,
+        origin_store: String,
+        chunk: Vec<u8>,
+        heads: Vec<u8>,
+        now_ms: u64,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        self.writer.run(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO documents (key, origin_store, heads, created_at_ms, updated_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?4) \
+                 ON CONFLICT (key) DO UPDATE SET heads = excluded.heads, \
+                 updated_at_ms = excluded.updated_at_ms",
+                params![doc_key, origin_store, heads, now_ms as i64],
+            )?;
+            if !chunk.is_empty() {
+                tx.execute(
+                    "INSERT INTO doc_chunks (doc_key, seq, bytes) VALUES (?1, \
+                     (SELECT coalesce(max(seq), 0) + 1 FROM doc_chunks WHERE doc_key = ?1), ?2)",
+                    params![doc_key, chunk],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     fn shares(&self) -> BoxFuture<'_, StoreResult<Vec<(String, String)>>> {
         self.readers.run(|c| {
             let mut stmt = c.prepare("SELECT doc_key, store_id FROM shares")?;

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use aisle_sync::ChangeHash;
 use aisle_sync::{
     Conversation, ConversationId, Delta, DocumentKey, EventKind, Frame, Participant, PeerSync,
-    ProtocolError, Status,
+    ProtocolError, Settings, Status,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Notify, oneshot};
@@ -58,7 +58,7 @@ pub struct SyncInCmd {
 
 pub struct SyncOutCmd {
     pub session: std::sync::Arc<HubSession>,
-    pub keys: Vec<ConversationId>,
+    pub keys: Vec<DocumentKey>,
     pub reply: oneshot::Sender<Result<Vec<Frame>, ApiError>>,
 }
 
@@ -174,13 +174,19 @@ pub(super) fn sync_in(
     out: &mut Outbox,
 ) -> Result<Frame, ApiError> {
     let mut peer = session.peer()?;
-    let Some(id) = key.conversation_id() else {
-        peer.on_error(key);
-        return Ok(Frame::Error {
-            code: aisle_sync::protocol::codes::NOT_ALLOWED.into(),
-            message: "this store takes only conversations over sync".into(),
-            doc: Some(key.clone()),
-        });
+    let id = match key {
+        DocumentKey::Conversation(id) => *id,
+        DocumentKey::Settings(store) if *store == state.store_id => {
+            return settings_in(db, state, session, &mut peer, key, message);
+        }
+        _ => {
+            peer.on_error(key);
+            return Ok(Frame::Error {
+                code: aisle_sync::protocol::codes::NOT_ALLOWED.into(),
+                message: "not a document of this store".into(),
+                doc: Some(key.clone()),
+            });
+        }
     };
     if hot(db, state, id, out)?.is_none() {
         return receive_new(db, state, session, &mut peer, key, id, message, out);
@@ -407,19 +413,27 @@ fn project(
     Ok(())
 }
 
-/// The next `sync` frame of each conversation in `keys` that has something to send (and any
+/// The next `sync` frame of each document in `keys` that has something to send (and any
 /// per-document error frame). Frames reach the uplink after the batch commits.
 pub(super) fn sync_out(
     db: &Connection,
     state: &mut State,
     session: &HubSession,
-    keys: Vec<ConversationId>,
+    keys: Vec<DocumentKey>,
     out: &mut Outbox,
 ) -> Result<Vec<Frame>, ApiError> {
     let mut peer = session.peer()?;
     let mut frames = Vec::with_capacity(keys.len());
-    for id in keys {
-        let key = DocumentKey::from(id);
+    for key in keys {
+        let id = match &key {
+            DocumentKey::Conversation(id) => *id,
+            DocumentKey::Settings(store) if *store == state.store_id => {
+                let doc = settings(db, state, &mut peer, &session.hub_id, &key)?;
+                frames.extend(peer.generate(&key, doc));
+                continue;
+            }
+            _ => continue,
+        };
         let frame = match hot(db, state, id, out)? {
             Some(hot) => {
                 load_state(db, &mut peer, &session.hub_id, &key, hot.rowid)?;
@@ -491,4 +505,104 @@ pub(super) fn import(
         conversation_id: id,
         customer_id: meta.customer,
     })
+}
+
+/// A row of `hub_documents`: the document's bytes, the hub its sync state is for, the state.
+type StoredHubDocument = (Vec<u8>, Option<String>, Option<Vec<u8>>);
+
+/// The store's settings document (loaded once from `hub_documents`, or empty until the hub
+/// sends it), with its sync state for this hub installed.
+fn settings<'a>(
+    db: &Connection,
+    state: &'a mut State,
+    peer: &mut PeerSync,
+    hub_id: &str,
+    key: &DocumentKey,
+) -> Result<&'a mut Settings, ApiError> {
+    let stored: Option<StoredHubDocument> = if state.settings.is_none() || !peer.has_state(key) {
+        db.prepare_cached("SELECT bytes, hub_id, sync_state FROM hub_documents WHERE key = ?1")?
+            .query_row([key.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?
+    } else {
+        None
+    };
+    if let Some((bytes, stored_hub, sync_state)) = stored {
+        if state.settings.is_none() {
+            match Settings::load(&bytes) {
+                Ok(doc) => state.settings = Some(doc),
+                Err(err) => {
+                    tracing::warn!(error = %err, "stored settings do not load; asking the hub again")
+                }
+            }
+        }
+        if !peer.has_state(key)
+            && stored_hub.as_deref() == Some(hub_id)
+            && let Some(bytes) = sync_state
+            && let Err(err) = peer.load_state(key.clone(), &bytes)
+        {
+            tracing::warn!(error = %err, "stored settings sync state does not decode");
+        }
+    }
+    let store_id = state.store_id.clone();
+    Ok(state
+        .settings
+        .get_or_insert_with(|| Settings::empty_for_sync(&store_id)))
+}
+
+/// A hub `sync` for this store's settings: applied, stored whole (a small document), and HQ's
+/// canned replies projected into `canned_replies` (source `hq`) in the same transaction.
+fn settings_in(
+    db: &Connection,
+    state: &mut State,
+    session: &HubSession,
+    peer: &mut PeerSync,
+    key: &DocumentKey,
+    message: &[u8],
+) -> Result<Frame, ApiError> {
+    let doc = settings(db, state, peer, &session.hub_id, key)?;
+    let before = doc.heads();
+    if let Err(err) = peer.receive(key, doc, message) {
+        tracing::warn!(doc = %key, error = %err, "the hub's settings were refused");
+        return protocol_frame(err);
+    }
+    if !doc.is_complete() {
+        return Ok(peer.answer(key, doc));
+    }
+    if doc.heads() != before {
+        let replies = doc.canned_replies()?;
+        db.prepare_cached("DELETE FROM canned_replies WHERE source = 'hq'")?
+            .execute([])?;
+        for reply in &replies {
+            db.prepare_cached(
+                "INSERT INTO canned_replies (id, shortcut, title, body, updated_at_ms, source)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'hq')
+                 ON CONFLICT (id) DO UPDATE SET shortcut = excluded.shortcut,
+                   title = excluded.title, body = excluded.body,
+                   updated_at_ms = excluded.updated_at_ms, source = 'hq'",
+            )?
+            .execute(params![
+                format!("hq:{}", reply.id),
+                reply.shortcut,
+                reply.title,
+                reply.body,
+                reply.updated_at_ms as i64
+            ])?;
+        }
+        tracing::info!(canned_replies = replies.len(), "HQ settings applied");
+    }
+    let bytes = doc.save();
+    let heads = heads_bytes(&doc.heads());
+    db.prepare_cached(
+        "INSERT INTO hub_documents (key, bytes, heads, hub_id, sync_state) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (key) DO UPDATE SET bytes = excluded.bytes, heads = excluded.heads,
+           hub_id = excluded.hub_id, sync_state = excluded.sync_state",
+    )?
+    .execute(params![
+        key.to_string(),
+        bytes,
+        heads,
+        session.hub_id,
+        peer.save_state(key)
+    ])?;
+    Ok(peer.answer(key, doc))
 }

@@ -1,0 +1,350 @@
+//! A store's settings document (`settings:<store id>`): what HQ decides for a store and the hub
+//! carries to it over the same sync protocol as conversations.
+//!
+//! # Layout
+//!
+//! | root key         | type  | contents                                                   |
+//! |------------------|-------|------------------------------------------------------------|
+//! | `meta`           | bytes | JSON of [`SettingsMeta`] (written once, by the hub)          |
+//! | `canned_replies` | map   | reply id → JSON of [`CannedReply`]                         |
+//!
+//! **Only the hub writes it** (it is the document's creator, as the opening store is for a
+//! conversation); the edge receives it by sync, starting from [`Settings::empty_for_sync`], and
+//! projects it into its own tables. Replies are replaced whole (last writer wins per reply id),
+//! and removed by deleting their key. Later settings (issue 9: routing rules, limits, bot
+//! policy) add root keys next to `canned_replies`.
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValueRef, ValueRef};
+use serde::{Deserialize, Serialize};
+
+use crate::error::SyncError;
+use crate::peer::SyncedDoc;
+
+const META: &str = "meta";
+const CANNED_REPLIES: &str = "canned_replies";
+
+/// Version of the settings document layout.
+pub const SETTINGS_SCHEMA_VERSION: u32 = 1;
+
+/// Facts fixed when the hub creates the document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsMeta {
+    pub store_id: String,
+    pub schema_version: u32,
+}
+
+/// A canned reply decided by HQ (region-wide or for this store).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CannedReply {
+    pub id: String,
+    pub shortcut: String,
+    pub title: String,
+    pub body: String,
+    pub updated_at_ms: u64,
+}
+
+/// A replica of one store's settings document.
+#[derive(Debug)]
+pub struct Settings {
+    doc: AutoCommit,
+    saved_heads: Vec<ChangeHash>,
+    store_id: String,
+}
+
+impl Settings {
+    /// A new document; only the hub calls this (once per store).
+    pub fn create(store_id: &str) -> Result<Self, SyncError> {
+        let mut doc = AutoCommit::new();
+        let meta = SettingsMeta {
+            store_id: store_id.to_owned(),
+            schema_version: SETTINGS_SCHEMA_VERSION,
+        };
+        doc.put(
+            ROOT,
+            META,
+            serde_json::to_vec(&meta).expect("plain struct serialises"),
+        )?;
+        doc.put_object(ROOT, CANNED_REPLIES, ObjType::Map)?;
+        Ok(Settings {
+            doc,
+            saved_heads: Vec::new(),
+            store_id: store_id.to_owned(),
+        })
+    }
+
+    /// A replica this peer has never held, to be filled by sync (the edge).
+    pub fn empty_for_sync(store_id: &str) -> Self {
+        Settings {
+            doc: AutoCommit::new(),
+            saved_heads: Vec::new(),
+            store_id: store_id.to_owned(),
+        }
+    }
+
+    /// Loads stored bytes (a save, optionally followed by incremental chunks).
+    pub fn load(bytes: &[u8]) -> Result<Self, SyncError> {
+        let mut doc = AutoCommit::load(bytes)?;
+        let saved_heads = doc.get_heads();
+        let meta = read_meta(&doc)?.ok_or(SyncError::MissingSchema(META))?;
+        Ok(Settings {
+            doc,
+            saved_heads,
+            store_id: meta.store_id,
+        })
+    }
+
+    /// The store this document is for.
+    pub fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
+    /// True once the document holds its skeleton (`meta` and `canned_replies`).
+    pub fn is_complete(&self) -> bool {
+        matches!(read_meta(&self.doc), Ok(Some(_))) && self.replies_obj().is_ok()
+    }
+
+    /// Adds or replaces a canned reply.
+    pub fn put_canned_reply(&mut self, reply: &CannedReply) -> Result<(), SyncError> {
+        let obj = self.replies_obj()?;
+        self.doc.put(
+            &obj,
+            reply.id.as_str(),
+            serde_json::to_vec(reply).expect("plain struct serialises"),
+        )?;
+        Ok(())
+    }
+
+    /// Removes a canned reply; false if there was none with this id.
+    pub fn remove_canned_reply(&mut self, id: &str) -> Result<bool, SyncError> {
+        let obj = self.replies_obj()?;
+        if self.doc.get(&obj, id)?.is_none() {
+            return Ok(false);
+        }
+        self.doc.delete(&obj, id)?;
+        Ok(true)
+    }
+
+    /// Every canned reply, by id. A record that does not decode is an error (a buggy writer).
+    pub fn canned_replies(&self) -> Result<Vec<CannedReply>, SyncError> {
+        let obj = self.replies_obj()?;
+        self.doc
+            .map_range(&obj, ..)
+            .map(|item| {
+                let bytes = match &item.value {
+                    ValueRef::Scalar(ScalarValueRef::Bytes(b)) => Some(b.as_ref()),
+                    _ => None,
+                };
+                bytes
+                    .and_then(|b| serde_json::from_slice::<CannedReply>(b).ok())
+                    .filter(|r| r.id == item.key)
+                    .ok_or_else(|| SyncError::Corrupt {
+                        what: "canned reply",
+                        key: item.key.to_string(),
+                    })
+            })
+            .collect()
+    }
+
+    /// The whole document in Automerge's compact format.
+    pub fn save(&mut self) -> Vec<u8> {
+        let bytes = self.doc.save();
+        self.saved_heads = self.doc.get_heads();
+        bytes
+    }
+
+    /// The changes since the previous save; empty if none.
+    pub fn save_incremental(&mut self) -> Vec<u8> {
+        let bytes = self.doc.save_after(&self.saved_heads);
+        self.saved_heads = self.doc.get_heads();
+        bytes
+    }
+
+    /// Pulls every change of `other` (another replica of the same store's settings).
+    pub fn merge(&mut self, other: &mut Settings) -> Result<(), SyncError> {
+        if other.store_id != self.store_id {
+            return Err(SyncError::ForeignDocument("another store's settings"));
+        }
+        self.doc.merge(&mut other.doc)?;
+        Ok(())
+    }
+
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    fn replies_obj(&self) -> Result<ObjId, SyncError> {
+        match self.doc.get(ROOT, CANNED_REPLIES)? {
+            None => Err(SyncError::MissingSchema(CANNED_REPLIES)),
+            Some((automerge::Value::Object(ObjType::Map), obj)) => Ok(obj),
+            Some(_) => Err(SyncError::Corrupt {
+                what: "container",
+                key: CANNED_REPLIES.to_owned(),
+            }),
+        }
+    }
+
+    /// After a sync applied changes: one skeleton, for this store.
+    fn check(&self) -> Result<(), SyncError> {
+        for name in [META, CANNED_REPLIES] {
+            if self.doc.get_all(ROOT, name)?.len() > 1 {
+                return Err(SyncError::ForeignDocument(
+                    "the settings were created twice (conflicting skeletons)",
+                ));
+            }
+        }
+        if let Some(meta) = read_meta(&self.doc)?
+            && meta.store_id != self.store_id
+        {
+            return Err(SyncError::ForeignDocument("another store's settings"));
+        }
+        Ok(())
+    }
+}
+
+fn read_meta(doc: &AutoCommit) -> Result<Option<SettingsMeta>, SyncError> {
+    match doc.get(ROOT, META)? {
+        None => Ok(None),
+        Some((value, _)) => {
+            let bytes = match &value {
+                automerge::Value::Scalar(s) => match s.as_ref() {
+                    automerge::ScalarValue::Bytes(b) => Some(b.as_slice()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            bytes
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .map(Some)
+                .ok_or_else(|| SyncError::Corrupt {
+                    what: "settings meta",
+                    key: META.to_owned(),
+                })
+        }
+    }
+}
+
+impl SyncedDoc for Settings {
+    fn generate_sync_message(&mut self, state: &mut sync::State) -> Option<Vec<u8>> {
+        self.doc
+            .sync()
+            .generate_sync_message(state)
+            .map(sync::Message::encode)
+    }
+
+    fn receive_sync_message(
+        &mut self,
+        state: &mut sync::State,
+        message: &[u8],
+    ) -> Result<(), SyncError> {
+        let message = sync::Message::decode(message)
+            .map_err(|err| SyncError::BadSyncMessage(err.to_string()))?;
+        let before = self.doc.get_heads();
+        let state_before = state.clone();
+        let applied = self.doc.sync().receive_sync_message(state, message);
+        let result = match applied {
+            Err(err) => Err(SyncError::from(err)),
+            Ok(()) if self.doc.get_heads() == before => Ok(()),
+            Ok(()) => self.check(),
+        };
+        if let Err(err) = result {
+            let actor = self.doc.get_actor().clone();
+            let mut restored = self.doc.fork_at(&before)?;
+            restored.set_actor(actor);
+            self.doc = restored;
+            *state = state_before;
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::PeerSync;
+    use crate::protocol::{DocumentKey, Frame, Limits};
+
+    fn reply(id: &str, body: &str) -> CannedReply {
+        CannedReply {
+            id: id.into(),
+            shortcut: format!("/{id}"),
+            title: id.into(),
+            body: body.into(),
+            updated_at_ms: 1,
+        }
+    }
+
+    /// Runs rounds between two replicas until both are quiet.
+    fn sync_pair(hub: &mut Settings, edge: &mut Settings) {
+        let key = DocumentKey::settings(hub.store_id().to_owned()).unwrap();
+        let mut hub_peer = PeerSync::new(Limits::default());
+        let mut edge_peer = PeerSync::new(Limits::default());
+        let mut next = hub_peer.generate(&key, hub);
+        let mut to_edge = true;
+        for _ in 0..20 {
+            let Some(Frame::Sync { message, .. }) = next.take() else {
+                break;
+            };
+            next = if to_edge {
+                edge_peer.receive(&key, edge, &message).unwrap();
+                Some(edge_peer.answer(&key, edge))
+            } else {
+                hub_peer.receive(&key, hub, &message).unwrap();
+                Some(hub_peer.answer(&key, hub))
+            };
+            to_edge = !to_edge;
+        }
+    }
+
+    #[test]
+    fn hq_replies_reach_an_empty_replica_and_later_edits_follow() {
+        let mut hub = Settings::create("store-1").unwrap();
+        hub.put_canned_reply(&reply("hours", "We open at 9."))
+            .unwrap();
+        hub.put_canned_reply(&reply("returns", "30 days with receipt."))
+            .unwrap();
+        let mut edge = Settings::empty_for_sync("store-1");
+        assert!(!edge.is_complete());
+        sync_pair(&mut hub, &mut edge);
+        assert!(edge.is_complete());
+        assert_eq!(
+            edge.canned_replies().unwrap(),
+            hub.canned_replies().unwrap()
+        );
+
+        hub.put_canned_reply(&reply("hours", "We open at 8 during the sale."))
+            .unwrap();
+        assert!(hub.remove_canned_reply("returns").unwrap());
+        sync_pair(&mut hub, &mut edge);
+        let replies = edge.canned_replies().unwrap();
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].body, "We open at 8 during the sale.");
+
+        let bytes = edge.save();
+        let loaded = Settings::load(&bytes).unwrap();
+        assert_eq!(loaded.canned_replies().unwrap(), replies);
+    }
+
+    #[test]
+    fn another_stores_settings_are_refused_and_change_nothing() {
+        let mut other = Settings::create("store-2").unwrap();
+        other.put_canned_reply(&reply("x", "y")).unwrap();
+        let mut edge = Settings::empty_for_sync("store-1");
+        let mut state = sync::State::new();
+        let mut other_state = sync::State::new();
+        // Other's first message only announces heads; answer and get the changes.
+        let first = other.generate_sync_message(&mut other_state).unwrap();
+        edge.receive_sync_message(&mut state, &first).unwrap();
+        let ask = edge.generate_sync_message(&mut state).unwrap();
+        other.receive_sync_message(&mut other_state, &ask).unwrap();
+        let changes = other.generate_sync_message(&mut other_state).unwrap();
+        assert!(edge.receive_sync_message(&mut state, &changes).is_err());
+        assert!(!edge.is_complete());
+    }
+}
