@@ -38,6 +38,9 @@ pub struct Limits {
     pub max_search_scan_messages: usize,
     /// Longest time range of `GET /api/figures` (one volume entry per hour).
     pub max_figures_range_hours: u64,
+    /// Documents one sync session keeps in memory; past this, documents with no open round are
+    /// dropped from memory (they are on disk and reload when needed).
+    pub max_session_documents: usize,
 }
 
 impl Default for Limits {
@@ -60,6 +63,7 @@ impl Default for Limits {
             max_search_query_chars: 200,
             max_search_scan_messages: 200_000,
             max_figures_range_hours: 31 * 24,
+            max_session_documents: 256,
         }
     }
 }
@@ -97,6 +101,7 @@ impl Limits {
                 self.max_search_scan_messages as u64,
             ),
             ("max_figures_range_hours", self.max_figures_range_hours),
+            ("max_session_documents", self.max_session_documents as u64),
         ] {
             if value == 0 {
                 return Err(format!("limits.{name} must be positive"));

@@ -824,7 +824,30 @@ impl Session {
         let Some(conversation) = self.docs.get_mut(key) else {
             return Err(Self::internal("document vanished"));
         };
-        Ok(self.peer.answer(key, conversation))
+        let answer = self.peer.answer(key, conversation);
+        self.trim_documents(key);
+        Ok(answer)
+    }
+
+    /// Keeps at most `max_session_documents` in memory: documents with no open round (other
+    /// than `keep`) are dropped; they are on disk and reload when the store or a push needs
+    /// them.
+    fn trim_documents(&mut self, keep: &DocumentKey) {
+        let max = self.app.config.limits.max_session_documents;
+        if self.docs.len() <= max {
+            return;
+        }
+        let excess = self.docs.len() - max;
+        let drop: Vec<DocumentKey> = self
+            .docs
+            .keys()
+            .filter(|k| *k != keep && !self.peer.is_awaiting(k) && self.persisted.contains(*k))
+            .take(excess)
+            .cloned()
+            .collect();
+        for key in drop {
+            self.docs.remove(&key);
+        }
     }
 }
 
