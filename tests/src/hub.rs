@@ -30,6 +30,27 @@ pub fn find_hub_binary() -> anyhow::Result<PathBuf> {
     find_binary("aisle-hub", "AISLE_HUB_BIN")
 }
 
+/// A free loopback port below Linux's ephemeral range (32768–60999): the hub keeps its port
+/// across restarts (the stores keep its URL), and while it is down another test's
+/// bind-to-port-0 ([`free_port`]) must not be handed the same port.
+fn port_outside_ephemeral_range() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    free_port()
+}
+
 /// A running (or stopped) `aisle-hub` process with its own data directory and port.
 ///
 /// Dropping it SIGKILLs the process; when the drop happens while a test is panicking, the
@@ -65,7 +86,7 @@ impl Hub {
             .context("create temp dir")?;
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).context("create data dir")?;
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let addr: SocketAddr = ([127, 0, 0, 1], port_outside_ephemeral_range()).into();
         let mut hub = Hub {
             bin,
             region: region.to_string(),
