@@ -501,3 +501,69 @@ async fn a_revoked_store_is_refused_and_a_used_token_cannot_enroll_again() {
     // The first box is unaffected.
     assert_eq!(hub_status(&b).await["connected"], true);
 }
+
+/// (d′) A continued conversation survives a hub outage: messages written at B while the hub is
+/// down reach A's customer device once the hub is back, and A's at B.
+#[tokio::test]
+async fn a_continued_conversation_catches_up_after_a_hub_outage() {
+    let mut hub = Hub::start("eu-west").await;
+    let mut a = open_store(&mut hub, "store-a").await;
+    let b = open_store(&mut hub, "store-b").await;
+    wait_connected(&a.edge, DEADLINE).await;
+    wait_connected(&b.edge, DEADLINE).await;
+    let (mut ca, conv) = customer_with_chat(&mut a, "Lin").await;
+    let body = "hello".to_string();
+    let mut history = vec![(
+        customer_says(&mut ca, &mut a.staff, &conv, &body).await,
+        body,
+    )];
+    hub_holds_exactly(&hub, &conv, &history).await;
+    ca.send(json!({"type":"handoff","conversation_id":conv}))
+        .await;
+    let h = ca
+        .recv_reply("handoff", |v| v["conversation_id"] == conv.as_str())
+        .await;
+    let code = h.str_("code").to_string();
+    let redeemed = eventually("store B redeems the hand-off code", DEADLINE, async || {
+        let r = b.edge.http().redeem_handoff(&code).await;
+        if r.status == 200 {
+            Ok(r.body.clone())
+        } else {
+            Err(format!("{} {}", r.status, r.text))
+        }
+    })
+    .await;
+    let mut cb =
+        Customer::connect_with_token(&b.edge, redeemed.str_("resume_token"), "Lin at B").await;
+    cb.resume_all(&conv, 0).await;
+
+    hub.kill();
+    for store in [&a, &b] {
+        eventually("the store notices the hub is gone", DEADLINE, async || {
+            let h = hub_status(&store.edge).await;
+            if h["connected"] == false {
+                Ok(())
+            } else {
+                Err(h.to_string())
+            }
+        })
+        .await;
+    }
+    let at_b = cb.send_msg(&conv, &cmid(), "written at B, hub down").await;
+    history.push((
+        at_b.str_("message_id").to_string(),
+        "written at B, hub down".into(),
+    ));
+    let at_a = ca.send_msg(&conv, &cmid(), "written at A, hub down").await;
+    history.push((
+        at_a.str_("message_id").to_string(),
+        "written at A, hub down".into(),
+    ));
+
+    hub.restart().await;
+    let m = ca.recv_message(&conv).await;
+    assert_eq!(m["id"], at_b["message_id"], "{m}");
+    let m = cb.recv_message(&conv).await;
+    assert_eq!(m["id"], at_a["message_id"], "{m}");
+    hub_holds_exactly(&hub, &conv, &history).await;
+}
