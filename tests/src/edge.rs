@@ -28,26 +28,32 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 /// `target/<profile>/`: the executable's directory and its parent are searched. The
 /// environment variable `AISLE_EDGE_BIN` overrides the search.
 pub fn find_edge_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("AISLE_EDGE_BIN") {
+    find_binary("aisle-edge", "AISLE_EDGE_BIN")
+}
+
+/// Finds the binary `name` next to the running executable (or at `$env_var`); see
+/// [`find_edge_binary`].
+pub fn find_binary(name: &str, env_var: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env_var) {
         let p = PathBuf::from(p);
         if p.is_file() {
             return Ok(p);
         }
-        bail!("AISLE_EDGE_BIN={} is not a file", p.display());
+        bail!("{env_var}={} is not a file", p.display());
     }
     let exe = std::env::current_exe().context("current_exe")?;
     let dir = exe.parent().context("executable has no directory")?;
     let mut looked = Vec::new();
     for d in [Some(dir), dir.parent()].into_iter().flatten() {
-        let candidate = d.join(format!("aisle-edge{}", std::env::consts::EXE_SUFFIX));
+        let candidate = d.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
         if candidate.is_file() {
             return Ok(candidate);
         }
         looked.push(d.display().to_string());
     }
     bail!(
-        "the aisle-edge binary was not found next to {} (looked in {}): build it first: \
-         cargo build --release -p aisle-edge (or cargo build -p aisle-edge for a debug test run)",
+        "the {name} binary was not found next to {} (looked in {}): build it first: \
+         cargo build --release -p {name} (or cargo build -p {name} for a debug test run)",
         exe.display(),
         looked.join(" and ")
     )
@@ -182,6 +188,11 @@ impl Edge {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The options the next [`Edge::restart`] uses (e.g. to point the store at another hub).
+    pub fn options_mut(&mut self) -> &mut EdgeOptions {
+        &mut self.opts
+    }
+
     /// Time from exec to the first `/healthz` 200 of the last start.
     pub fn last_ready_time(&self) -> Duration {
         self.last_ready
@@ -213,6 +224,7 @@ impl Edge {
             // The server reads every AISLE_* variable as configuration and refuses unknown
             // keys: do not pass on the test harness's own variable.
             .env_remove("AISLE_EDGE_BIN")
+            .env_remove("AISLE_HUB_BIN")
             .env("AISLE_FIRST_ADMIN_PASSWORD", &self.opts.admin_password)
             .stdin(Stdio::null())
             .stdout(out)
@@ -370,7 +382,7 @@ impl Drop for Edge {
     }
 }
 
-fn signal(pid: u32, sig: libc::c_int) {
+pub(crate) fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) with a pid of a child we spawned and have not reaped yet.
     let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
     assert_eq!(
@@ -381,7 +393,7 @@ fn signal(pid: u32, sig: libc::c_int) {
     );
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let Ok(mut f) = File::open(path) else {
         return "(no log)".into();
     };

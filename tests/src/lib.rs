@@ -20,12 +20,14 @@
 
 pub mod edge;
 pub mod http;
+pub mod hub;
 pub mod ws;
 
 use std::ops::{Deref, DerefMut};
 
 pub use edge::{ADMIN_PASSWORD, ADMIN_USER, Edge, EdgeOptions};
 pub use http::{Http, Resp, StaffSession};
+pub use hub::{HUB_ADMIN_PASSWORD, Hub, hub_status, wait_connected};
 pub use serde_json::{Value, json};
 pub use ws::{Json, RECV_TIMEOUT, Resumed, Ws, cmid, http_refusal, is_ulid};
 
@@ -35,6 +37,27 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock before 1970")
         .as_millis() as u64
+}
+
+/// Polls `check` every 20 ms until it returns `Ok` (returned) or `deadline` has passed: then
+/// panics naming `what` and the last `Err` (what was seen instead). The deadline guards
+/// against hangs on a loaded machine; it is a speed claim only where a test says so.
+pub async fn eventually<T>(
+    what: &str,
+    deadline: std::time::Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        let seen = match check().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        if std::time::Instant::now() > end {
+            panic!("not within {deadline:?}: {what}; last seen: {seen}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// A customer connection after `hello`.
