@@ -1025,6 +1025,6 @@ pub async fn create_handoff(
             Ok(())
         })
         .await?;
-    crate::uplink::register_handoff(app, &code, conversation, expires_at_ms);
+    crate::uplink::register_handoff(app, &code, conversation, expires_at_ms).await;
     Ok((code, expires_at_ms))
 }

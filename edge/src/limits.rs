@@ -81,6 +81,9 @@ pub struct Limits {
     /// After a refusal (revoked, wrong region, unknown store, bad credential) the hub is asked
     /// again only this rarely: an operator has to act first.
     pub sync_refused_retry_ms: u64,
+    /// Time a new hand-off code waits for the hub to register it (so it works at the region's
+    /// other stores at once); past this the code is answered anyway and registration goes on.
+    pub handoff_register_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -118,6 +121,7 @@ impl Default for Limits {
             sync_retry_min_ms: 250,
             sync_retry_max_ms: 30_000,
             sync_refused_retry_ms: 300_000,
+            handoff_register_timeout_ms: 2_000,
         }
     }
 }

@@ -690,9 +690,10 @@ async fn receive(socket: &mut Socket, max_frame: usize) -> Result<Frame, String>
 }
 
 /// Tells the hub about a hand-off code this store issued, so the customer can redeem it at
-/// another store of the region. Best effort, in the background: without a hub the code still
-/// works here.
-pub fn register_handoff(
+/// another store of the region. Waits at most `handoff_register_timeout_ms` (the code is shown to
+/// the customer after this, so it is usable elsewhere at once); without a hub, or if the hub is
+/// slow or down, the code still works here and the failure is logged.
+pub async fn register_handoff(
     app: &Arc<App>,
     code: &str,
     conversation: ConversationId,
@@ -706,15 +707,18 @@ pub fn register_handoff(
         "conversation_id": conversation,
         "expires_at_ms": expires_at_ms,
     });
-    tokio::spawn(async move {
-        match request.json(&body).send().await {
-            Ok(response) if response.status().is_success() => {}
-            Ok(response) => {
-                tracing::warn!(status = %response.status(), "the hub did not take a hand-off code")
-            }
-            Err(err) => tracing::info!(error = %err, "hand-off code not registered at the hub"),
+    let wait = Duration::from_millis(app.config.limits.handoff_register_timeout_ms);
+    let send = tokio::spawn(async move { request.json(&body).send().await });
+    match tokio::time::timeout(wait, send).await {
+        Ok(Ok(Ok(response))) if response.status().is_success() => {}
+        Ok(Ok(Ok(response))) => {
+            tracing::warn!(status = %response.status(), "the hub did not take a hand-off code")
         }
-    });
+        Ok(Ok(Err(err))) => tracing::info!(error = %err, "hand-off code not registered at the hub"),
+        Ok(Err(_)) => {}
+        // The request goes on in the background.
+        Err(_) => tracing::info!("the hub is slow to register a hand-off code"),
+    }
 }
 
 /// Redeems at the hub a hand-off code issued by another store of the region and takes the

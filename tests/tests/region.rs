@@ -154,6 +154,19 @@ async fn a_message_sent_at_a_store_reaches_the_hub_within_a_second() {
         "message at the hub {:?} after the staff saw it",
         sent.elapsed()
     );
+    // And HQ finds it by full-text search (the projection is written with the chunk).
+    let token = hub.admin_token().await;
+    let hits = hub
+        .http()
+        .get("/api/search?q=in%20blue", Some(&token))
+        .await;
+    let results = hits.expect(200)["results"].clone();
+    assert!(
+        results
+            .as_array()
+            .is_some_and(|r| r.iter().any(|h| h["message_id"] == id.as_str())),
+        "HQ search misses the message: {results}"
+    );
     assert_eq!(
         hub.documents(),
         vec![(format!("conversation:{conv}"), "store-a".to_string())]
@@ -359,8 +372,8 @@ async fn a_conversation_continues_at_another_store_with_a_handoff_code() {
     assert_eq!(h["type"], "handoff", "{h}");
     let code = h.str_("code").to_string();
 
-    // Store A tells the hub about the code in the background: a redemption right away may
-    // find the hub does not know it yet (404) — retried, as the customer's page would.
+    // Store A registers the code at the hub before it answers (bounded wait); a redemption
+    // is still retried, as the customer's page would on a 503.
     let mut attempts = 0;
     let redeemed = eventually("store B redeems the hand-off code", DEADLINE, async || {
         attempts += 1;
@@ -445,6 +458,18 @@ async fn a_conversation_continues_at_another_store_with_a_handoff_code() {
         in_b.contains(&from_a),
         "B's history lacks A's message: {in_b:?}"
     );
+
+    // A shows who holds the chat now: B's staff member, by name (from the document).
+    let listed = a
+        .edge
+        .http()
+        .list_conversations(&a.admin.token, "status=open")
+        .await;
+    let summary = listed
+        .iter()
+        .find(|c| c["id"] == conv.as_str())
+        .unwrap_or_else(|| panic!("the conversation is missing at A: {listed:?}"));
+    assert_eq!(summary["agent"]["name"], "Staff of store-b", "{summary}");
 
     hub_holds_exactly(&hub, &conv, &history).await;
     assert_eq!(hub.conversation_count(), 1, "{:?}", hub.documents());
@@ -566,4 +591,87 @@ async fn a_continued_conversation_catches_up_after_a_hub_outage() {
     let m = cb.recv_message(&conv).await;
     assert_eq!(m["id"], at_a["message_id"], "{m}");
     hub_holds_exactly(&hub, &conv, &history).await;
+}
+
+/// HQ's canned replies reach a connected store at once and an offline store when it comes
+/// back; the store shows them read-only.
+#[tokio::test]
+async fn hq_canned_replies_reach_every_store_and_are_read_only_there() {
+    let mut hub = Hub::start("eu-west").await;
+    let a = open_store(&mut hub, "store-a").await;
+    let mut b = open_store(&mut hub, "store-b").await;
+    wait_connected(&a.edge, DEADLINE).await;
+    wait_connected(&b.edge, DEADLINE).await;
+    let token = hub.admin_token().await;
+
+    b.edge.kill();
+    let put = hub
+        .http()
+        .request(
+            "PUT",
+            "/api/canned-replies/hours",
+            Some(&token),
+            Some(&json!({"shortcut":"/hours","title":"营业时间","body":"我们 9 点开门 · We open at 9."})),
+        )
+        .await;
+    put.expect(200);
+
+    let replies_at = async |edge: &Edge, admin: &str| -> Vec<Value> {
+        let r = edge.http().get("/api/canned-replies", Some(admin)).await;
+        r.expect(200)["canned_replies"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    eventually("store A has HQ's reply", DEADLINE, async || {
+        let replies = replies_at(&a.edge, &a.admin.token).await;
+        match replies.iter().find(|r| r["source"] == "hq") {
+            Some(r) if r["body"] == "我们 9 点开门 · We open at 9." => Ok(()),
+            _ => Err(format!("{replies:?}")),
+        }
+    })
+    .await;
+    // Read only at the store.
+    a.edge
+        .http()
+        .request(
+            "DELETE",
+            "/api/canned-replies/hq:hours",
+            Some(&a.admin.token),
+            None,
+        )
+        .await
+        .expect_error(403, "forbidden");
+
+    // Store B was offline: it gets the reply when it reconnects.
+    b.edge.restart().await;
+    let admin_b = b.edge.http().login_admin().await;
+    eventually(
+        "store B has HQ's reply after reconnecting",
+        DEADLINE,
+        async || {
+            let replies = replies_at(&b.edge, &admin_b.token).await;
+            if replies.iter().any(|r| r["id"] == "hq:hours") {
+                Ok(())
+            } else {
+                Err(format!("{replies:?}"))
+            }
+        },
+    )
+    .await;
+
+    // Removed at HQ: gone at the stores.
+    hub.http()
+        .request("DELETE", "/api/canned-replies/hours", Some(&token), None)
+        .await
+        .expect(200);
+    eventually("store A no longer has the reply", DEADLINE, async || {
+        let replies = replies_at(&a.edge, &a.admin.token).await;
+        if replies.iter().all(|r| r["source"] != "hq") {
+            Ok(())
+        } else {
+            Err(format!("{replies:?}"))
+        }
+    })
+    .await;
 }

@@ -136,10 +136,12 @@ pub struct Filter {
     pub limit: usize,
 }
 
-const SUMMARY_SELECT: &str = "SELECT c.id, c.status, c.agent_id, s.name, c.customer_id,
-        cu.display_name, c.last_seq, c.created_at_ms, c.last_message_at_ms
+// A holder from another store (a continued conversation) is named from `remote_staff`.
+const SUMMARY_SELECT: &str = "SELECT c.id, c.status, c.agent_id, coalesce(s.name, rs.name),
+        c.customer_id, cu.display_name, c.last_seq, c.created_at_ms, c.last_message_at_ms
     FROM conversations c
     LEFT JOIN staff s ON s.id = c.agent_id
+    LEFT JOIN remote_staff rs ON rs.id = c.agent_id
     LEFT JOIN customers cu ON cu.id = c.customer_id";
 
 fn parse<T: std::str::FromStr>(index: usize, text: String) -> rusqlite::Result<T>
@@ -242,11 +244,13 @@ pub fn summary(conn: &Connection, id: ConversationId) -> Result<Option<Summary>,
 pub fn state(conn: &Connection, id: ConversationId) -> Result<Option<StateView>, ApiError> {
     let row = conn
         .prepare_cached(
-            "SELECT c.status, c.agent_id, a.name, c.previous_agent_id, p.name,
-                    c.snoozed_until_ms, c.state_version
+            "SELECT c.status, c.agent_id, coalesce(a.name, ra.name), c.previous_agent_id,
+                    coalesce(p.name, rp.name), c.snoozed_until_ms, c.state_version
              FROM conversations c
              LEFT JOIN staff a ON a.id = c.agent_id
+             LEFT JOIN remote_staff ra ON ra.id = c.agent_id
              LEFT JOIN staff p ON p.id = c.previous_agent_id
+             LEFT JOIN remote_staff rp ON rp.id = c.previous_agent_id
              WHERE c.id = ?1",
         )?
         .query_row([id.to_string()], |r| {

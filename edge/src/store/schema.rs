@@ -159,6 +159,12 @@ const MIGRATIONS: &[&str] = &[
     -- 'store': written by the store's admin; 'hq': projected from the settings document (read
     -- only here, changed by HQ at the hub).
     ALTER TABLE canned_replies ADD COLUMN source TEXT NOT NULL DEFAULT 'store';
+    -- Names of other stores' staff, from the participant records of documents received by
+    -- sync (a conversation continued at another store shows who holds it there).
+    CREATE TABLE remote_staff (
+        id   TEXT PRIMARY KEY,
+        name TEXT NOT NULL
+    ) WITHOUT ROWID;
     "#,
 ];
 

@@ -1242,11 +1242,28 @@ fn apply_event(
         .state_changes
         .with_label_values(&[event_kind_name(&kind)])
         .inc();
-    if let EventKind::Assign { agent } | EventKind::Claim { agent } = &kind {
+    if let EventKind::Assign { agent }
+    | EventKind::Claim { agent }
+    | EventKind::Transfer { to: agent } = &kind
+    {
         state.last_assigned.insert(*agent, now);
-    }
-    if let EventKind::Transfer { to } = &kind {
-        state.last_assigned.insert(*to, now);
+        // The holder's name travels with the document, so another store that holds a copy
+        // (a conversation continued elsewhere, the hub) can name them.
+        let name: Option<String> = db
+            .prepare_cached("SELECT name FROM staff WHERE id = ?1")?
+            .query_row([agent.to_string()], |r| r.get(0))
+            .optional()?;
+        if let Some(name) = name {
+            let hot = state
+                .docs
+                .get_mut(&conversation)
+                .expect("caller loaded the conversation");
+            hot.doc.put_participant(&ParticipantRecord {
+                participant: Participant::Staff(*agent),
+                display_name: name,
+                joined_at_ms: now,
+            })?;
+        }
     }
 
     // Everyone concerned hears of it: the old holder too (a transfer or release takes the
@@ -1474,9 +1491,17 @@ pub fn staff_ref(db: &Connection, id: Option<StaffId>) -> Result<Option<StaffRef
         .prepare_cached("SELECT name FROM staff WHERE id = ?1")?
         .query_row([id.to_string()], |r| r.get(0))
         .optional()?;
+    // A colleague from another store (a conversation continued here or there) has no row
+    // here: their name comes from the documents this store received.
+    let name = match name {
+        Some(name) => Some(name),
+        None => db
+            .prepare_cached("SELECT name FROM remote_staff WHERE id = ?1")?
+            .query_row([id.to_string()], |r| r.get(0))
+            .optional()?,
+    };
     Ok(Some(StaffRef {
         id,
-        // A colleague from another store (a conversation that moved here) has no row.
         name: name.unwrap_or_default(),
     }))
 }

@@ -333,6 +333,15 @@ fn project(
     if delta.is_empty() {
         return Ok(());
     }
+    for participant in &delta.participants {
+        if let Participant::Staff(staff) = participant.participant {
+            db.prepare_cached(
+                "INSERT INTO remote_staff (id, name) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+            )?
+            .execute(params![staff.to_string(), participant.display_name])?;
+        }
+    }
     let hot = state.docs.get_mut(&id).expect("caller loaded it");
     for event in &delta.events {
         state.clock.observe(event.hlc);
