@@ -424,64 +424,80 @@ impl Conversation {
         state: &mut sync::State,
         message: &[u8],
     ) -> Result<(), SyncError> {
-        let message = sync::Message::decode(message)
-            .map_err(|err| SyncError::BadSyncMessage(err.to_string()))?;
-        let before = self.doc.get_heads();
-        let state_before = state.clone();
-        let applied = self.doc.sync().receive_sync_message(state, message);
-        let result = match applied {
-            Err(err) => Err(SyncError::from(err)),
-            Ok(()) if self.doc.get_heads() == before => Ok(()),
-            Ok(()) => self.check_skeleton(),
-        };
-        if let Err(err) = result {
-            self.roll_back_to(&before)?;
-            *state = state_before;
-            return Err(err);
-        }
-        Ok(())
+        let (containers, id) = (&self.containers, self.id);
+        receive_checked(&mut self.doc, state, message, |doc| {
+            check_skeleton(doc, containers, id)
+        })
     }
+}
 
-    /// After a sync applied changes: the skeleton is still the one this replica had (or, for a
-    /// replica that had none, exactly one skeleton of the expected conversation arrived).
-    fn check_skeleton(&self) -> Result<(), SyncError> {
-        for name in [META, PARTICIPANTS, MESSAGES, EVENTS] {
-            if self.doc.get_all(ROOT, name)?.len() > 1 {
-                return Err(SyncError::ForeignDocument(
-                    "the conversation was created twice (conflicting skeletons)",
-                ));
-            }
+/// After a sync applied changes: the skeleton is still the one this replica had (or, for a
+/// replica that had none, exactly one skeleton of the expected conversation arrived).
+fn check_skeleton(
+    doc: &AutoCommit,
+    containers: &std::cell::OnceCell<[ObjId; 3]>,
+    id: ConversationId,
+) -> Result<(), SyncError> {
+    for name in [META, PARTICIPANTS, MESSAGES, EVENTS] {
+        if doc.get_all(ROOT, name)?.len() > 1 {
+            return Err(SyncError::ForeignDocument(
+                "the conversation was created twice (conflicting skeletons)",
+            ));
         }
-        if let Some(cached) = self.containers.get() {
-            for (name, obj) in CONTAINERS.iter().zip(cached) {
-                match self.doc.get(ROOT, *name)? {
-                    Some((_, current)) if current == *obj => {}
-                    _ => {
-                        return Err(SyncError::ForeignDocument("a root container was replaced"));
-                    }
+    }
+    if let Some(cached) = containers.get() {
+        for (name, obj) in CONTAINERS.iter().zip(cached) {
+            match doc.get(ROOT, *name)? {
+                Some((_, current)) if current == *obj => {}
+                _ => {
+                    return Err(SyncError::ForeignDocument("a root container was replaced"));
                 }
             }
         }
-        if let Some((value, _)) = self.doc.get(ROOT, META)? {
-            let meta: Meta = decode(value.as_bytes(), "meta", META)?;
-            if meta.id != self.id {
-                return Err(SyncError::ForeignDocument(
-                    "the skeleton of a different conversation",
-                ));
-            }
+    }
+    if let Some((value, _)) = doc.get(ROOT, META)? {
+        let meta: Meta = decode(value.as_bytes(), "meta", META)?;
+        if meta.id != id {
+            return Err(SyncError::ForeignDocument(
+                "the skeleton of a different conversation",
+            ));
         }
-        Ok(())
     }
+    Ok(())
+}
 
-    /// Replaces the document by its state at `heads` (which it holds), keeping the actor id.
-    fn roll_back_to(&mut self, heads: &[ChangeHash]) -> Result<(), SyncError> {
-        let actor = self.doc.get_actor().clone();
-        let mut restored = self.doc.fork_at(heads)?;
+/// Applies an encoded Automerge sync message to `doc`. If Automerge refuses it, or `check`
+/// refuses what it changed, the document and the sync state are restored as they were (sync
+/// never corrupts a replica). Shared by every document kind.
+pub(crate) fn receive_checked(
+    doc: &mut AutoCommit,
+    state: &mut sync::State,
+    message: &[u8],
+    check: impl FnOnce(&AutoCommit) -> Result<(), SyncError>,
+) -> Result<(), SyncError> {
+    let message =
+        sync::Message::decode(message).map_err(|err| SyncError::BadSyncMessage(err.to_string()))?;
+    let before = doc.get_heads();
+    let state_before = state.clone();
+    let applied = doc.sync().receive_sync_message(state, message);
+    let result = match applied {
+        Err(err) => Err(SyncError::from(err)),
+        Ok(()) if doc.get_heads() == before => Ok(()),
+        Ok(()) => check(doc),
+    };
+    if let Err(err) = result {
+        // Replace the document by its state before the message, keeping the actor id.
+        let actor = doc.get_actor().clone();
+        let mut restored = doc.fork_at(&before)?;
         restored.set_actor(actor);
-        self.doc = restored;
-        Ok(())
+        *doc = restored;
+        *state = state_before;
+        return Err(err);
     }
+    Ok(())
+}
 
+impl Conversation {
     /// The object id of a root container, checking it is a map.
     fn container(&self, name: &'static str) -> Result<ObjId, SyncError> {
         let index = CONTAINERS

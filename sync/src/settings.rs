@@ -184,23 +184,23 @@ impl Settings {
             }),
         }
     }
+}
 
-    /// After a sync applied changes: one skeleton, for this store.
-    fn check(&self) -> Result<(), SyncError> {
-        for name in [META, CANNED_REPLIES] {
-            if self.doc.get_all(ROOT, name)?.len() > 1 {
-                return Err(SyncError::ForeignDocument(
-                    "the settings were created twice (conflicting skeletons)",
-                ));
-            }
+/// After a sync applied changes: one skeleton, for this store.
+fn check(doc: &AutoCommit, store_id: &str) -> Result<(), SyncError> {
+    for name in [META, CANNED_REPLIES] {
+        if doc.get_all(ROOT, name)?.len() > 1 {
+            return Err(SyncError::ForeignDocument(
+                "the settings were created twice (conflicting skeletons)",
+            ));
         }
-        if let Some(meta) = read_meta(&self.doc)?
-            && meta.store_id != self.store_id
-        {
-            return Err(SyncError::ForeignDocument("another store's settings"));
-        }
-        Ok(())
     }
+    if let Some(meta) = read_meta(doc)?
+        && meta.store_id != store_id
+    {
+        return Err(SyncError::ForeignDocument("another store's settings"));
+    }
+    Ok(())
 }
 
 fn read_meta(doc: &AutoCommit) -> Result<Option<SettingsMeta>, SyncError> {
@@ -238,25 +238,10 @@ impl SyncedDoc for Settings {
         state: &mut sync::State,
         message: &[u8],
     ) -> Result<(), SyncError> {
-        let message = sync::Message::decode(message)
-            .map_err(|err| SyncError::BadSyncMessage(err.to_string()))?;
-        let before = self.doc.get_heads();
-        let state_before = state.clone();
-        let applied = self.doc.sync().receive_sync_message(state, message);
-        let result = match applied {
-            Err(err) => Err(SyncError::from(err)),
-            Ok(()) if self.doc.get_heads() == before => Ok(()),
-            Ok(()) => self.check(),
-        };
-        if let Err(err) = result {
-            let actor = self.doc.get_actor().clone();
-            let mut restored = self.doc.fork_at(&before)?;
-            restored.set_actor(actor);
-            self.doc = restored;
-            *state = state_before;
-            return Err(err);
-        }
-        Ok(())
+        let store_id = self.store_id.clone();
+        crate::conversation::receive_checked(&mut self.doc, state, message, |doc| {
+            check(doc, &store_id)
+        })
     }
 
     fn heads(&mut self) -> Vec<ChangeHash> {

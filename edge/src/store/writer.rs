@@ -252,6 +252,25 @@ struct Hot {
 }
 
 impl Hot {
+    /// A conversation this store has not written yet (its first chunk will be a full save).
+    fn fresh(rowid: i64, meta: Meta, doc: Conversation, fold: Fold) -> Hot {
+        Hot {
+            rowid,
+            meta,
+            doc,
+            fold,
+            last_seq: 0,
+            last_message_at_ms: None,
+            first_response_at_ms: None,
+            resolved_at_ms: None,
+            saved_bytes: 0,
+            pending_bytes: 0,
+            next_chunk: 0,
+            pending_messages: Vec::new(),
+            dirty: true,
+        }
+    }
+
     fn doc_bytes(&self) -> usize {
         self.saved_bytes + self.pending_bytes
     }
@@ -540,17 +559,31 @@ fn hot<'a>(
                 agent: loaded.fold.state.agent,
             }),
         );
-        if let Some((evicted_id, mut evicted)) = state.docs.push(id, loaded)
-            && evicted_id != id
-        {
-            if evicted.dirty {
-                flush(db, &mut evicted)?;
-            }
-            out.audiences.push((evicted_id, None));
+        insert_hot(db, state, id, loaded, out)?;
+    } else {
+        out.touched.push(id);
+    }
+    Ok(state.docs.get_mut(&id))
+}
+
+/// Puts a conversation into the hot set; the one it evicts is written out first if dirty.
+fn insert_hot(
+    db: &Connection,
+    state: &mut State,
+    id: ConversationId,
+    hot: Hot,
+    out: &mut Outbox,
+) -> Result<(), ApiError> {
+    if let Some((evicted_id, mut evicted)) = state.docs.push(id, hot)
+        && evicted_id != id
+    {
+        if evicted.dirty {
+            flush(db, &mut evicted)?;
         }
+        out.audiences.push((evicted_id, None));
     }
     out.touched.push(id);
-    Ok(state.docs.get_mut(&id))
+    Ok(())
 }
 
 fn load(db: &Connection, id: ConversationId) -> Result<Option<Hot>, ApiError> {
@@ -981,28 +1014,7 @@ fn start(
         state.store_id,
     ])?;
     let rowid = db.last_insert_rowid();
-    let hot = Hot {
-        rowid,
-        meta,
-        doc,
-        fold,
-        last_seq: 0,
-        last_message_at_ms: None,
-        first_response_at_ms: None,
-        resolved_at_ms: None,
-        saved_bytes: 0,
-        pending_bytes: 0,
-        next_chunk: 0,
-        pending_messages: Vec::new(),
-        dirty: true,
-    };
-    if let Some((evicted_id, mut evicted)) = state.docs.push(id, hot) {
-        if evicted.dirty {
-            flush(db, &mut evicted)?;
-        }
-        out.audiences.push((evicted_id, None));
-    }
-    out.touched.push(id);
+    insert_hot(db, state, id, Hot::fresh(rowid, meta, doc, fold), out)?;
     out.fresh.push(id);
     out.audiences.push((id, Some(Audience { agent: None })));
     METRICS.conversations_started.inc();

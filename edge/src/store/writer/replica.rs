@@ -25,7 +25,7 @@ use aisle_sync::{
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Notify, oneshot};
 
-use super::{Actor, Hot, Outbox, State, apply_event, hot, participant_columns, route};
+use super::{Actor, Hot, Outbox, State, apply_event, hot, insert_hot, participant_columns, route};
 use crate::delivery::{Audience, Outbound, Targets};
 use crate::error::{ApiError, Code};
 use crate::frame::{MessageView, ServerFrame};
@@ -289,30 +289,7 @@ fn adopt(
     ])?;
     let rowid = db.last_insert_rowid();
     let delta = doc.changes_since(&[])?;
-    let hot = Hot {
-        rowid,
-        meta,
-        doc,
-        fold,
-        last_seq: 0,
-        last_message_at_ms: None,
-        first_response_at_ms: None,
-        resolved_at_ms: None,
-        saved_bytes: 0,
-        pending_bytes: 0,
-        next_chunk: 0,
-        pending_messages: Vec::new(),
-        dirty: true,
-    };
-    if let Some((evicted_id, mut evicted)) = state.docs.push(id, hot)
-        && evicted_id != id
-    {
-        if evicted.dirty {
-            super::flush(db, &mut evicted)?;
-        }
-        out.audiences.push((evicted_id, None));
-    }
-    out.touched.push(id);
+    insert_hot(db, state, id, Hot::fresh(rowid, meta, doc, fold), out)?;
     let agent = state.docs.get(&id).and_then(|h| h.fold.state.agent);
     out.audiences.push((id, Some(Audience { agent })));
     project(db, state, id, delta, out)?;
