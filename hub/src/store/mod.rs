@@ -20,6 +20,9 @@ pub enum StoreError {
     Schema(String),
     #[error("the storage thread stopped")]
     Stopped,
+    /// A group-committed batch failed as a whole (the first error, as text).
+    #[error("batch: {0}")]
+    Batch(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

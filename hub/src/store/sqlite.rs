@@ -82,8 +82,166 @@ impl Threads {
     }
 }
 
+/// Most sync rounds committed in one transaction.
+const MAX_SYNC_BATCH: usize = 256;
+
+/// What the writer thread does: a job in its own transaction, or a synced round, which is
+/// group-committed with the other rounds waiting (one fsync for many stores' rounds).
+enum Work {
+    Job(Job),
+    Synced(Box<SyncWrite>, oneshot::Sender<StoreResult<bool>>),
+}
+
+/// The one writer thread.
+struct Writer {
+    work: Mutex<Option<mpsc::Sender<Work>>>,
+}
+
+impl Writer {
+    fn start(mut conn: Connection) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Work>();
+        std::thread::Builder::new()
+            .name("hub-writer".into())
+            .spawn(move || {
+                let mut deferred = Vec::new();
+                while let Ok(work) = rx.recv() {
+                    match work {
+                        Work::Job(job) => job(&mut conn),
+                        Work::Synced(write, reply) => {
+                            let mut batch = vec![(write, reply)];
+                            while batch.len() < MAX_SYNC_BATCH {
+                                match rx.try_recv() {
+                                    Ok(Work::Synced(write, reply)) => batch.push((write, reply)),
+                                    Ok(Work::Job(job)) => deferred.push(job),
+                                    Err(_) => break,
+                                }
+                            }
+                            commit_synced(&mut conn, batch);
+                            for job in deferred.drain(..) {
+                                job(&mut conn);
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(Writer {
+            work: Mutex::new(Some(tx)),
+        })
+    }
+
+    fn send(&self, work: Work) -> bool {
+        self.work
+            .lock()
+            .ok()
+            .and_then(|tx| tx.as_ref().map(|tx| tx.send(work).is_ok()))
+            .unwrap_or(false)
+    }
+
+    fn run<T, F>(&self, f: F) -> BoxFuture<'static, StoreResult<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Work::Job(Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        })));
+        async move {
+            if !sent {
+                return Err(StoreError::Stopped);
+            }
+            rx.await.map_err(|_| StoreError::Stopped)?
+        }
+        .boxed()
+    }
+
+    fn synced(&self, write: SyncWrite) -> BoxFuture<'static, StoreResult<bool>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Work::Synced(Box::new(write), tx));
+        async move {
+            if !sent {
+                return Err(StoreError::Stopped);
+            }
+            rx.await.map_err(|_| StoreError::Stopped)?
+        }
+        .boxed()
+    }
+
+    fn stop(&self) {
+        if let Ok(mut work) = self.work.lock() {
+            work.take();
+        }
+    }
+}
+
+/// Commits a batch of synced rounds in one transaction and only then answers each (an answer
+/// means "on disk"). If the transaction fails, every round of the batch fails (their sessions
+/// drop their in-memory copies and the stores retry).
+fn commit_synced(
+    conn: &mut Connection,
+    batch: Vec<(Box<SyncWrite>, oneshot::Sender<StoreResult<bool>>)>,
+) {
+    let result = (|| -> StoreResult<Vec<bool>> {
+        let tx = conn.transaction()?;
+        let mut created = Vec::with_capacity(batch.len());
+        for (write, _) in &batch {
+            created.push(write_synced(&tx, write)?);
+        }
+        tx.commit()?;
+        Ok(created)
+    })();
+    match result {
+        Ok(created) => {
+            for ((_, reply), created) in batch.into_iter().zip(created) {
+                let _ = reply.send(Ok(created));
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, rounds = batch.len(), "a batch of synced rounds failed");
+            let message = err.to_string();
+            for (_, reply) in batch {
+                let _ = reply.send(Err(StoreError::Batch(message.clone())));
+            }
+        }
+    }
+}
+
+/// One synced round: the document row and chunk, the sync state, the store's last sync, the
+/// HQ projection. Returns whether the document is new.
+fn write_synced(tx: &rusqlite::Transaction<'_>, w: &SyncWrite) -> StoreResult<bool> {
+    let created = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO documents (key, origin_store, heads, created_at_ms, \
+             updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+        )?
+        .execute(params![w.doc_key, w.origin_store, w.heads, w.now_ms as i64])?
+        == 1;
+    if !created {
+        tx.prepare_cached("UPDATE documents SET heads = ?2, updated_at_ms = ?3 WHERE key = ?1")?
+            .execute(params![w.doc_key, w.heads, w.now_ms as i64])?;
+    }
+    if !w.chunk.is_empty() {
+        tx.prepare_cached(
+            "INSERT INTO doc_chunks (doc_key, seq, bytes) VALUES (?1, \
+             (SELECT coalesce(max(seq), 0) + 1 FROM doc_chunks WHERE doc_key = ?1), ?2)",
+        )?
+        .execute(params![w.doc_key, w.chunk])?;
+    }
+    tx.prepare_cached(
+        "INSERT INTO sync_states (store_id, doc_key, state) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (store_id, doc_key) DO UPDATE SET state = excluded.state",
+    )?
+    .execute(params![w.store_id, w.doc_key, w.sync_state])?;
+    tx.prepare_cached("UPDATE stores SET last_sync_at_ms = ?2 WHERE id = ?1")?
+        .execute(params![w.store_id, w.now_ms as i64])?;
+    if let Some(projection) = &w.projection {
+        write_projection(tx, projection)?;
+    }
+    Ok(created)
+}
+
 pub struct SqliteStore {
-    writer: Threads,
+    writer: Writer,
     readers: Threads,
 }
 
@@ -104,7 +262,7 @@ impl SqliteStore {
         }
         let io = |e: std::io::Error| StoreError::Schema(format!("starting a thread: {e}"));
         Ok(SqliteStore {
-            writer: Threads::start("hub-writer", vec![conn]).map_err(io)?,
+            writer: Writer::start(conn).map_err(io)?,
             readers: Threads::start("hub-reader", readers).map_err(io)?,
         })
     }
@@ -372,41 +530,7 @@ impl HubStore for SqliteStore {
     }
 
     fn save_synced(&self, w: SyncWrite) -> BoxFuture<'_, StoreResult<bool>> {
-        self.writer.run(move |c| {
-            let tx = c.transaction()?;
-            let created = tx.execute(
-                "INSERT OR IGNORE INTO documents (key, origin_store, heads, created_at_ms, \
-                 updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
-                params![w.doc_key, w.origin_store, w.heads, w.now_ms as i64],
-            )? == 1;
-            if !created {
-                tx.execute(
-                    "UPDATE documents SET heads = ?2, updated_at_ms = ?3 WHERE key = ?1",
-                    params![w.doc_key, w.heads, w.now_ms as i64],
-                )?;
-            }
-            if !w.chunk.is_empty() {
-                tx.execute(
-                    "INSERT INTO doc_chunks (doc_key, seq, bytes) VALUES (?1, \
-                     (SELECT coalesce(max(seq), 0) + 1 FROM doc_chunks WHERE doc_key = ?1), ?2)",
-                    params![w.doc_key, w.chunk],
-                )?;
-            }
-            tx.execute(
-                "INSERT INTO sync_states (store_id, doc_key, state) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (store_id, doc_key) DO UPDATE SET state = excluded.state",
-                params![w.store_id, w.doc_key, w.sync_state],
-            )?;
-            tx.execute(
-                "UPDATE stores SET last_sync_at_ms = ?2 WHERE id = ?1",
-                params![w.store_id, w.now_ms as i64],
-            )?;
-            if let Some(projection) = &w.projection {
-                write_projection(&tx, projection)?;
-            }
-            tx.commit()?;
-            Ok(created)
-        })
+        self.writer.synced(w)
     }
 
     fn register_handoff(&self, h: NewHandoff) -> BoxFuture<'_, StoreResult<()>> {
