@@ -28,26 +28,32 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 /// `target/<profile>/`: the executable's directory and its parent are searched. The
 /// environment variable `AISLE_EDGE_BIN` overrides the search.
 pub fn find_edge_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("AISLE_EDGE_BIN") {
+    find_binary("aisle-edge", "AISLE_EDGE_BIN")
+}
+
+/// Finds the binary `name` (`aisle-edge`, `aisle-hub`) next to the running executable, like
+/// [`find_edge_binary`]; the environment variable `env` overrides the search.
+pub fn find_binary(name: &str, env: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         let p = PathBuf::from(p);
         if p.is_file() {
             return Ok(p);
         }
-        bail!("AISLE_EDGE_BIN={} is not a file", p.display());
+        bail!("{env}={} is not a file", p.display());
     }
     let exe = std::env::current_exe().context("current_exe")?;
     let dir = exe.parent().context("executable has no directory")?;
     let mut looked = Vec::new();
     for d in [Some(dir), dir.parent()].into_iter().flatten() {
-        let candidate = d.join(format!("aisle-edge{}", std::env::consts::EXE_SUFFIX));
+        let candidate = d.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
         if candidate.is_file() {
             return Ok(candidate);
         }
         looked.push(d.display().to_string());
     }
     bail!(
-        "the aisle-edge binary was not found next to {} (looked in {}): build it first: \
-         cargo build --release -p aisle-edge (or cargo build -p aisle-edge for a debug test run)",
+        "the {name} binary was not found next to {} (looked in {}): build it first: \
+         cargo build --release -p {name} (or cargo build -p {name} for a debug test run)",
         exe.display(),
         looked.join(" and ")
     )

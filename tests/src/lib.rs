@@ -20,6 +20,7 @@
 
 pub mod edge;
 pub mod http;
+pub mod syncbench;
 pub mod ws;
 
 use std::ops::{Deref, DerefMut};
