@@ -21,6 +21,7 @@
 pub mod edge;
 pub mod http;
 pub mod hub;
+pub mod syncbench;
 pub mod ws;
 
 use std::ops::{Deref, DerefMut};

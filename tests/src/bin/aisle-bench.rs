@@ -12,6 +12,10 @@
 //! - `startup`: exec of aisle-edge → first `/healthz` 200 (median of `--runs` on an existing
 //!   data directory; the first run on an empty directory separately). Always local.
 //! - `all`: the three.
+//! - `sync`: against `aisle-hub` instead (its own local hub unless `--url`): `--stores`
+//!   simulated stores push conversations over the sync protocol; messages per second the hub
+//!   acknowledged, and the catch-up time of a store that wrote `--catchup-messages` offline
+//!   (see `aisle_tests::syncbench`).
 //!
 //! `--json` prints one JSON object per scenario on stdout and nothing else there; progress
 //! goes to stderr. `--duration-secs` bounds each measured run.
@@ -27,6 +31,7 @@ use std::time::Duration;
 
 use aisle_tests::edge::{ADMIN_PASSWORD, ADMIN_USER, Edge, EdgeOptions};
 use aisle_tests::http::{Http, StaffSession};
+use aisle_tests::syncbench::{self, SyncBenchOptions};
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
@@ -75,6 +80,30 @@ enum Cmd {
     Startup(StartupArgs),
     /// All three scenarios with their defaults (sizes can be given).
     All(AllArgs),
+    /// Hub sync: stores pushing conversations into aisle-hub; merged messages/s, catch-up.
+    Sync(SyncArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct SyncArgs {
+    /// Simulated stores, each with its own sync connection.
+    #[arg(long, default_value_t = 100)]
+    stores: usize,
+    /// Messages the catch-up store writes while offline before it connects.
+    #[arg(long, default_value_t = 10_000)]
+    catchup_messages: usize,
+    /// Conversations the catch-up store spreads them over.
+    #[arg(long, default_value_t = 100)]
+    catchup_conversations: usize,
+    /// Messages per Automerge change while offline.
+    #[arg(long, default_value_t = 1)]
+    catchup_batch: usize,
+    /// Conversations each store writes into (each keeps one sync round going).
+    #[arg(long, default_value_t = 10)]
+    conversations_per_store: usize,
+    /// Messages per Automerge change (one change per round) in the measured window.
+    #[arg(long, default_value_t = 10)]
+    batch: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -141,6 +170,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Throughput(a) => vec![throughput(&cli, a).await?],
         Cmd::Switch(a) => vec![switch(&cli, a).await?],
         Cmd::Startup(a) => vec![startup(&cli, a).await?],
+        Cmd::Sync(a) => {
+            let o = SyncBenchOptions {
+                url: cli.url.clone(),
+                user: cli.user.clone(),
+                password: cli.password.clone(),
+                stores: a.stores,
+                duration: Duration::from_secs(cli.duration_secs.max(1)),
+                conversations_per_store: a.conversations_per_store,
+                batch: a.batch,
+                catchup_messages: a.catchup_messages,
+                catchup_conversations: a.catchup_conversations,
+                catchup_batch: a.catchup_batch,
+            };
+            let r = syncbench::run(&o).await?;
+            if cli.json {
+                println!("{}", r.to_json());
+            } else {
+                println!("{}", r.to_text(&o));
+            }
+            return Ok(());
+        }
         Cmd::All(a) => {
             let t = throughput(
                 &cli,
