@@ -51,7 +51,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         })?;
     let reader = Reader::open(&db_path, READER_THREADS, config.limits.max_read_queue)?;
     let (stop_checkpoints, checkpoint_stop) = std::sync::mpsc::channel();
-    let checkpoint_thread = store::checkpoint::start(&db_path, checkpoint_stop)?;
+    let checkpoint_thread = aisle_service::checkpoint::start(&db_path, checkpoint_stop)?;
     let delivery = Arc::new(Delivery::new());
     let changes = Arc::new(Changes::default());
     let (writer, writer_thread) = Writer::start(

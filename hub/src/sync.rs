@@ -17,10 +17,13 @@ use aisle_sync::{
     decode_frame, encode_frame, manifest_frames,
 };
 use axum::extract::ws::{Message, WebSocket};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::metrics::METRICS;
-use crate::store::SyncWrite;
+use crate::store::{StoreResult, SyncWrite};
 use crate::{App, auth, now_ms, projection};
 
 /// The connected stores: at most one sync connection each (a newer one replaces the older).
@@ -208,6 +211,8 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, _permit: OwnedSemaphore
         store_id,
         docs: HashMap::new(),
         settings: None,
+        saving: FuturesOrdered::new(),
+        saving_keys: HashSet::new(),
         persisted: HashSet::new(),
         local_manifest: Vec::new(),
         remote_manifest: Vec::new(),
@@ -309,12 +314,35 @@ struct Session {
     docs: HashMap<DocumentKey, Conversation>,
     /// The store's settings document, once loaded (HQ's canned replies).
     settings: Option<Settings>,
+    /// Rounds whose write is committing, in arrival order (answered in that order).
+    saving: FuturesOrdered<BoxFuture<'static, (Saved, StoreResult<bool>)>>,
+    /// Their documents: not pushed, trimmed or re-sent before the write is on disk.
+    saving_keys: HashSet<DocumentKey>,
     /// Documents the hub holds on disk (their next chunk is incremental).
     persisted: HashSet<DocumentKey>,
     local_manifest: Vec<ManifestEntry>,
     remote_manifest: Vec<ManifestEntry>,
     socket: WebSocket,
     max_frame: usize,
+}
+
+/// Rounds of one session whose writes may be committing at once; past this the session stops
+/// reading its socket until some are answered.
+const MAX_PENDING_SAVES: usize = 64;
+
+/// How a received `sync` is answered.
+enum Reply {
+    /// At once (nothing to store, or an error).
+    Now(Frame),
+    /// When the write committed.
+    AfterSave(BoxFuture<'static, StoreResult<bool>>, Saved),
+}
+
+/// A round waiting for its write.
+struct Saved {
+    key: DocumentKey,
+    origin: String,
+    stored_chunk: bool,
 }
 
 /// What to do after a frame.
@@ -345,8 +373,15 @@ impl Session {
             if let Err(reason) = self.pump().await {
                 return reason;
             }
+            let can_read = self.saving.len() < MAX_PENDING_SAVES;
             let message = tokio::select! {
                 _ = kicked.notified() => return "replaced or revoked",
+                Some((saved, result)) = self.saving.next(), if !self.saving.is_empty() => {
+                    match self.on_saved(saved, result).await {
+                        Next::Continue => continue,
+                        Next::Close(reason) => return reason,
+                    }
+                }
                 _ = pushes.notify.notified() => {
                     for key in pushes.take() {
                         if let Err(reason) = self.refresh(&key).await {
@@ -356,7 +391,7 @@ impl Session {
                     }
                     continue;
                 }
-                message = tokio::time::timeout(idle, self.socket.recv()) => message,
+                message = tokio::time::timeout(idle, self.socket.recv()), if can_read => message,
             };
             let bytes = match message {
                 Err(_) => return "idle timeout",
@@ -442,7 +477,13 @@ impl Session {
             }
             Frame::Sync { doc, message } => {
                 let answer = match self.on_sync(&doc, &message).await {
-                    Ok(answer) => answer,
+                    Ok(Reply::Now(answer)) => answer,
+                    Ok(Reply::AfterSave(write, saved)) => {
+                        self.saving_keys.insert(saved.key.clone());
+                        self.saving
+                            .push_back(Box::pin(async move { (saved, write.await) }));
+                        return Next::Continue;
+                    }
                     Err(frame) => {
                         let ends = !matches!(&frame, Frame::Error { doc: Some(_), .. });
                         if self.send(&frame).await.is_err() || ends {
@@ -496,7 +537,13 @@ impl Session {
 
     /// Starts rounds for documents to push while the window has room.
     async fn pump(&mut self) -> Result<(), &'static str> {
+        let mut later = Vec::new();
         while let Some(key) = self.peer.next_ready() {
+            if self.saving_keys.contains(&key) {
+                // Its received changes are not on disk yet: push after the commit.
+                later.push(key);
+                continue;
+            }
             if let DocumentKey::Settings(_) = key {
                 if self.settings.is_none() && self.refresh(&key).await.is_err() {
                     continue;
@@ -518,6 +565,9 @@ impl Session {
             if let Some(frame) = self.peer.generate(&key, doc) {
                 self.send(&frame).await.map_err(|_| "send failed")?;
             }
+        }
+        for key in later {
+            self.peer.want(key);
         }
         Ok(())
     }
@@ -693,10 +743,13 @@ impl Session {
 
     /// One received `sync`: the answer to send, or an error frame (session-ending when it has no
     /// `doc`).
-    async fn on_sync(&mut self, key: &DocumentKey, message: &[u8]) -> Result<Frame, Frame> {
+    async fn on_sync(&mut self, key: &DocumentKey, message: &[u8]) -> Result<Reply, Frame> {
         if let DocumentKey::Settings(store) = key {
             let store = store.clone();
-            return self.on_settings_sync(key, &store, message).await;
+            return self
+                .on_settings_sync(key, &store, message)
+                .await
+                .map(Reply::Now);
         }
         let Some(id) = key.conversation_id() else {
             self.peer.on_error(key);
@@ -756,7 +809,7 @@ impl Session {
         }
         if !conversation.is_complete() {
             // Not a conversation yet: neither stored nor listed until its skeleton arrives.
-            return Ok(self.peer.answer(key, conversation));
+            return Ok(Reply::Now(self.peer.answer(key, conversation)));
         }
         let meta = conversation.meta().map_err(Self::internal)?;
         let shared = self.app.shares.allows(&key.to_string(), &self.store_id);
@@ -803,30 +856,50 @@ impl Session {
             projection,
             now_ms: now_ms(),
         };
-        let stored_chunk = !write.chunk.is_empty();
-        match store.save_synced(write).await {
+        let saved = Saved {
+            key: key.clone(),
+            origin,
+            stored_chunk: !write.chunk.is_empty(),
+        };
+        // Answered when the write has committed (`on_saved`); meanwhile the session goes on
+        // with other documents' frames, and the hub's writer group-commits them together.
+        let write = Box::pin(async move { store.save_synced(write).await });
+        Ok(Reply::AfterSave(write, saved))
+    }
+
+    /// A round's write committed (or failed): answer it.
+    async fn on_saved(&mut self, saved: Saved, result: StoreResult<bool>) -> Next {
+        let key = &saved.key;
+        self.saving_keys.remove(key);
+        match result {
             Ok(created) => {
                 if created {
                     METRICS.documents.inc();
                 }
-                if stored_chunk {
+                if saved.stored_chunk {
                     METRICS.chunks_stored.inc();
-                    self.push_to_others(key, &origin);
+                    self.push_to_others(key, &saved.origin);
                 }
                 self.persisted.insert(key.clone());
             }
             Err(err) => {
-                // The in-memory copy may now be ahead of the disk: drop it (it reloads).
+                // The in-memory copy is ahead of the disk: drop it (it reloads) and end the
+                // session; the store reconnects and resends from the persisted states.
                 self.docs.remove(key);
-                return Err(Self::internal(err));
+                let _ = self.send(&Self::internal(err)).await;
+                return Next::Close("storage error");
             }
         }
         let Some(conversation) = self.docs.get_mut(key) else {
-            return Err(Self::internal("document vanished"));
+            let _ = self.send(&Self::internal("document vanished")).await;
+            return Next::Close("storage error");
         };
         let answer = self.peer.answer(key, conversation);
         self.trim_documents(key);
-        Ok(answer)
+        if self.send(&answer).await.is_err() {
+            return Next::Close("send failed");
+        }
+        Next::Continue
     }
 
     /// Keeps at most `max_session_documents` in memory: documents with no open round (other
@@ -841,7 +914,12 @@ impl Session {
         let drop: Vec<DocumentKey> = self
             .docs
             .keys()
-            .filter(|k| *k != keep && !self.peer.is_awaiting(k) && self.persisted.contains(*k))
+            .filter(|k| {
+                *k != keep
+                    && !self.peer.is_awaiting(k)
+                    && !self.saving_keys.contains(*k)
+                    && self.persisted.contains(*k)
+            })
             .take(excess)
             .cloned()
             .collect();

@@ -1,6 +1,5 @@
 //! Durable state: SQLite on disk, one writer thread, a few reader threads.
 
-pub mod checkpoint;
 pub mod queries;
 pub mod reader;
 pub mod schema;

@@ -111,10 +111,11 @@ CREATE INDEX messages_by_store ON messages(store_id);
 CREATE VIRTUAL TABLE messages_fts USING fts5(
     body, content = 'messages', content_rowid = 'seq', tokenize = 'trigram'
 );
--- Messages are immutable: rows are inserted (or ignored) and never updated.
-CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
-    INSERT INTO messages_fts (rowid, body) VALUES (new.seq, new.body);
-END;
+-- Messages are immutable: rows are inserted (or ignored) and never updated. New rows are
+-- indexed by the writer with one INSERT … SELECT as the last statement of each transaction
+-- (sqlite.rs, `index_new_messages`), not by a trigger: FTS5 flushes its pending terms to a new
+-- segment at every statement savepoint, so a per-row trigger made one tiny segment per message
+-- and spent the writer's time merging them.
 CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
     INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
 END;

@@ -183,10 +183,12 @@ fn commit_synced(
 ) {
     let result = (|| -> StoreResult<Vec<bool>> {
         let tx = conn.transaction()?;
+        let indexed = last_message_seq(&tx)?;
         let mut created = Vec::with_capacity(batch.len());
         for (write, _) in &batch {
             created.push(write_synced(&tx, write)?);
         }
+        index_new_messages(&tx, indexed)?;
         tx.commit()?;
         Ok(created)
     })();
@@ -204,6 +206,23 @@ fn commit_synced(
             }
         }
     }
+}
+
+/// The newest projected message (messages are numbered in insertion order).
+fn last_message_seq(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
+    tx.prepare_cached("SELECT coalesce(max(seq), 0) FROM messages")?
+        .query_row([], |r| r.get(0))
+}
+
+/// Adds the messages inserted after `after_seq` to the full-text index, in one statement, the
+/// transaction's last (see the schema: no statement savepoint follows it, so FTS5 writes one
+/// segment per transaction).
+fn index_new_messages(tx: &rusqlite::Transaction<'_>, after_seq: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO messages_fts (rowid, body) SELECT seq, body FROM messages WHERE seq > ?1",
+    )?
+    .execute([after_seq])?;
+    Ok(())
 }
 
 /// One synced round: the document row and chunk, the sync state, the store's last sync, the
@@ -243,6 +262,8 @@ fn write_synced(tx: &rusqlite::Transaction<'_>, w: &SyncWrite) -> StoreResult<bo
 pub struct SqliteStore {
     writer: Writer,
     readers: Threads,
+    /// Stops the checkpoint thread (`aisle_service::checkpoint`).
+    checkpoints: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
 
 impl SqliteStore {
@@ -251,6 +272,10 @@ impl SqliteStore {
         let mut conn = Connection::open(path)?;
         schema::configure(&conn)?;
         schema::migrate(&mut conn)?;
+        // Checkpoints run on their own thread, not inside the writer's commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let (stop_checkpoints, stop) = mpsc::channel();
+        let checkpoint_thread = aisle_service::checkpoint::start(path, stop)?;
         let mut readers = Vec::new();
         for _ in 0..reader_threads {
             let reader = Connection::open_with_flags(
@@ -264,6 +289,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: Writer::start(conn).map_err(io)?,
             readers: Threads::start("hub-reader", readers).map_err(io)?,
+            checkpoints: Mutex::new(Some((stop_checkpoints, checkpoint_thread))),
         })
     }
 
@@ -271,6 +297,10 @@ impl SqliteStore {
     pub fn stop(&self) {
         self.writer.stop();
         self.readers.stop();
+        if let Some((stop, thread)) = self.checkpoints.lock().ok().and_then(|mut c| c.take()) {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
     }
 }
 
@@ -658,7 +688,9 @@ impl HubStore for SqliteStore {
     fn save_projection(&self, projection: Projection) -> BoxFuture<'_, StoreResult<()>> {
         self.writer.run(move |c| {
             let tx = c.transaction()?;
+            let indexed = last_message_seq(&tx)?;
             write_projection(&tx, &projection)?;
+            index_new_messages(&tx, indexed)?;
             tx.commit()?;
             Ok(())
         })

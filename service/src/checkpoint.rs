@@ -1,10 +1,11 @@
 //! WAL checkpoints on their own thread.
 //!
-//! SQLite's automatic checkpoint runs inside the committing connection: on the appliance
-//! that is the writer thread, which then copies the WAL into the database while every sender
-//! waits for its ack (~12 % of the writer's time under load, docs/benchmarks.md). The writer
-//! turns automatic checkpoints off and this thread runs `PASSIVE` checkpoints instead: they
-//! copy what no reader still needs, concurrently with new commits, and never block them.
+//! SQLite's automatic checkpoint runs inside the committing connection: on the appliance and
+//! the hub that is the single writer thread, which then copies the WAL into the database while
+//! every sender waits for its answer (~12 % of the edge writer's time under load, ~10 % of the
+//! hub writer's, docs/benchmarks.md). The writer turns automatic checkpoints off
+//! (`wal_autocheckpoint = 0`) and this thread runs `PASSIVE` checkpoints instead: they copy what
+//! no reader still needs, concurrently with new commits, and never block them.
 
 use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
