@@ -2,6 +2,7 @@
 //! runs every write (in order, each in its own transaction), and reader threads for queries.
 //! Callers await a oneshot answer, so the async runtime never blocks on SQLite.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 
@@ -185,8 +186,16 @@ fn commit_synced(
         let tx = conn.transaction()?;
         let indexed = last_message_seq(&tx)?;
         let mut created = Vec::with_capacity(batch.len());
+        let mut last_sync: HashMap<&str, u64> = HashMap::new();
         for (write, _) in &batch {
             created.push(write_synced(&tx, write)?);
+            let at = last_sync.entry(write.store_id.as_str()).or_default();
+            *at = (*at).max(write.now_ms);
+        }
+        // Once per store and batch, not per round (a page write each).
+        for (store_id, at) in last_sync {
+            tx.prepare_cached("UPDATE stores SET last_sync_at_ms = ?2 WHERE id = ?1")?
+                .execute(params![store_id, at as i64])?;
         }
         index_new_messages(&tx, indexed)?;
         tx.commit()?;
@@ -225,8 +234,7 @@ fn index_new_messages(tx: &rusqlite::Transaction<'_>, after_seq: i64) -> rusqlit
     Ok(())
 }
 
-/// One synced round: the document row and chunk, the sync state, the store's last sync, the
-/// HQ projection. Returns whether the document is new.
+/// One synced round: the document row and chunk, the sync state, the HQ projection. Returns whether the document is new.
 fn write_synced(tx: &rusqlite::Transaction<'_>, w: &SyncWrite) -> StoreResult<bool> {
     let created = tx
         .prepare_cached(
@@ -251,8 +259,6 @@ fn write_synced(tx: &rusqlite::Transaction<'_>, w: &SyncWrite) -> StoreResult<bo
          ON CONFLICT (store_id, doc_key) DO UPDATE SET state = excluded.state",
     )?
     .execute(params![w.store_id, w.doc_key, w.sync_state])?;
-    tx.prepare_cached("UPDATE stores SET last_sync_at_ms = ?2 WHERE id = ?1")?
-        .execute(params![w.store_id, w.now_ms as i64])?;
     if let Some(projection) = &w.projection {
         write_projection(tx, projection)?;
     }
