@@ -805,6 +805,9 @@ pub async fn redeem_handoff(State(app): AppState, Path(code): Path<String>) -> A
         .await;
     let (customer, conversation): (CustomerId, String) = match local {
         Ok((customer, conversation)) => {
+            // The code may have been used at another store of the region meanwhile: the hub
+            // knows (when it can be asked).
+            crate::uplink::use_own_code_at_hub(&app, &code).await?;
             (customer.parse().map_err(ApiError::internal)?, conversation)
         }
         // Not a code of this store: perhaps of another store of the region (continuation).

@@ -782,3 +782,31 @@ pub async fn continue_from_hub(
     );
     Ok(imported)
 }
+
+/// A hand-off code of this store is being redeemed here: it is used up at the hub too, so it
+/// cannot also be redeemed at another store. A code used elsewhere already is `handoff_used`
+/// (or `handoff_expired`); if the hub cannot be asked, or never heard of the code (it was down
+/// when the code was issued), the local redemption stands.
+pub async fn use_own_code_at_hub(app: &Arc<App>, code: &str) -> Result<(), ApiError> {
+    use crate::error::Code;
+    let Some(request) = app.uplink.hub_request(app, "/api/continuations") else {
+        return Ok(());
+    };
+    let Ok(response) = request
+        .json(&serde_json::json!({ "code": code }))
+        .send()
+        .await
+    else {
+        return Ok(());
+    };
+    if response.status().is_success() {
+        return Ok(());
+    }
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let message = body["error"]["message"].as_str().unwrap_or("").to_owned();
+    match body["error"]["code"].as_str() {
+        Some("handoff_used") => Err(ApiError::new(Code::HandoffUsed, message)),
+        Some("handoff_expired") => Err(ApiError::new(Code::HandoffExpired, message)),
+        _ => Ok(()),
+    }
+}

@@ -142,7 +142,8 @@ pub struct Redeem {
 }
 
 /// `POST /api/continuations`: a store redeems a code issued by another store and receives the
-/// whole conversation document.
+/// whole conversation document. The issuing store redeeming its own code (a device switch in
+/// the store) uses it up here too, so a code is single use across the region.
 pub async fn redeem(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -179,7 +180,9 @@ pub async fn redeem(
             ));
         }
     };
-    app.shares.add(&doc_key, &store_id);
+    if origin_store != store_id {
+        app.shares.add(&doc_key, &store_id);
+    }
     let (_, bytes) = app
         .store
         .load_document(doc_key.clone())

@@ -398,6 +398,12 @@ async fn a_conversation_continues_at_another_store_with_a_handoff_code() {
         .redeem_handoff(&code)
         .await
         .expect_error(409, "handoff_used");
+    // Single use across the region: the issuing store refuses it too now.
+    a.edge
+        .http()
+        .redeem_handoff(&code)
+        .await
+        .expect_error(409, "handoff_used");
 
     let mut cb = Customer::connect_with_token(&b.edge, &token, "Lin at B").await;
     assert_eq!(cb.customer_id, ca.customer_id, "{}", cb.welcome);
