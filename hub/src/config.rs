@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::Limits;
 
+/// The region of a development hub (the default): accepted on loopback addresses only.
+pub const DEV_REGION: &str = "default";
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -39,7 +42,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             data: PathBuf::from("data/hub"),
-            region: "default".into(),
+            region: DEV_REGION.into(),
             first_admin_password: None,
             log: "info".into(),
             session_ttl_secs: 12 * 3600,
@@ -84,6 +87,14 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "region must be 1 to 64 characters without control characters".into(),
             ));
+        }
+        // The dev default is for a hub on this machine only: a hub other machines can reach
+        // (its stores) is a real region's, and must say which.
+        if self.region == DEV_REGION && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "a hub listening on {} serves stores: name its region with --region (AISLE_HUB_REGION); \"{DEV_REGION}\" is for development on loopback",
+                self.listen
+            )));
         }
         if let Some(password) = &self.first_admin_password
             && password.chars().count() < 8
@@ -131,6 +142,14 @@ mod tests {
         assert_eq!(config.listen.port(), 9100);
         assert_eq!(config.data, PathBuf::from("/tmp/x"));
         assert_eq!(config.region, "us-east");
+
+        // A hub other machines can reach must name its region.
+        let exposed = Overrides {
+            listen: Some("0.0.0.0:8090".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let err = Config::load(None, &exposed).unwrap_err();
+        assert!(err.to_string().contains("--region"), "{err}");
     }
 
     #[test]
