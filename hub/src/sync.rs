@@ -213,6 +213,7 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, _permit: OwnedSemaphore
         settings: None,
         saving: FuturesOrdered::new(),
         saving_keys: HashSet::new(),
+        rounds_since_save: HashMap::new(),
         persisted: HashSet::new(),
         local_manifest: Vec::new(),
         remote_manifest: Vec::new(),
@@ -318,6 +319,8 @@ struct Session {
     saving: FuturesOrdered<BoxFuture<'static, (Saved, StoreResult<bool>)>>,
     /// Their documents: not pushed, trimmed or re-sent before the write is on disk.
     saving_keys: HashSet<DocumentKey>,
+    /// Rounds stored per document since its last full save (compaction).
+    rounds_since_save: HashMap<DocumentKey, u32>,
     /// Documents the hub holds on disk (their next chunk is incremental).
     persisted: HashSet<DocumentKey>,
     local_manifest: Vec<ManifestEntry>,
@@ -325,6 +328,9 @@ struct Session {
     socket: WebSocket,
     max_frame: usize,
 }
+
+/// An unshared document's chunks are replaced by one full save after this many rounds.
+const COMPACT_EVERY_ROUNDS: u32 = 64;
 
 /// Rounds of one session whose writes may be committing at once; past this the session stops
 /// reading its socket until some are answered.
@@ -700,6 +706,7 @@ impl Session {
             sync_state: self.peer.save_state(key),
             projection: None,
             now_ms: now_ms(),
+            replace_chunks: false,
         };
         if let Err(err) = self.app.store.save_synced(write).await {
             self.settings = None;
@@ -830,10 +837,22 @@ impl Session {
             ));
         }
         let new = !self.persisted.contains(key);
+        // A document only its origin store writes is compacted every `COMPACT_EVERY_ROUNDS`
+        // rounds: a full save replaces its chunks. (A shared document is not: another
+        // session's copy may hold changes this one has not merged yet.)
+        let rounds = self.rounds_since_save.entry(key.clone()).or_default();
+        *rounds += 1;
+        let compact = !new
+            && *rounds >= COMPACT_EVERY_ROUNDS
+            && !shared
+            && self.app.shares.stores_of(&key.to_string()).is_empty();
+        if compact || new {
+            *rounds = 0;
+        }
         let (projection, chunk) = cpu_work(message.len(), || {
             let delta = conversation.changes_since(&before);
             let projection = projection::of_round(conversation, delta);
-            let chunk = if new {
+            let chunk = if new || compact {
                 conversation.save()
             } else {
                 conversation.save_incremental()
@@ -855,6 +874,7 @@ impl Session {
             sync_state: self.peer.save_state(key),
             projection,
             now_ms: now_ms(),
+            replace_chunks: compact,
         };
         let saved = Saved {
             key: key.clone(),

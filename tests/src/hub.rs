@@ -373,6 +373,17 @@ impl Hub {
         }
     }
 
+    /// How many stored chunks make up the hub's copy of a conversation.
+    pub fn chunk_count(&self, conversation_id: &str) -> usize {
+        let conn = self.open_db();
+        conn.query_row(
+            "SELECT count(*) FROM doc_chunks WHERE doc_key = ?1",
+            [format!("conversation:{conversation_id}")],
+            |r| r.get::<_, i64>(0),
+        )
+        .expect("count chunks") as usize
+    }
+
     /// The messages of the hub's copy of a conversation as `(message id, body)`, in the
     /// document's order (empty when the hub does not hold it).
     pub fn messages_of(&self, conversation_id: &str) -> Vec<(String, String)> {

@@ -681,3 +681,37 @@ async fn hq_canned_replies_reach_every_store_and_are_read_only_there() {
     })
     .await;
 }
+
+/// A long conversation is compacted at the hub: after many live rounds its stored chunks are
+/// far fewer than the rounds, and the stored copy still holds every message.
+#[tokio::test]
+async fn a_long_conversation_is_compacted_at_the_hub_and_loses_nothing() {
+    let mut hub = Hub::start("eu-west").await;
+    let mut a = open_store(&mut hub, "store-a").await;
+    wait_connected(&a.edge, DEADLINE).await;
+    let (mut c, conv) = customer_with_chat(&mut a, "Lin").await;
+    let mut sent = Vec::new();
+    for i in 0..150 {
+        let body = format!("message {i}");
+        let id = customer_says(&mut c, &mut a.staff, &conv, &body).await;
+        sent.push((id.clone(), body));
+        // One round per message: wait until the hub holds it before the next.
+        eventually("the hub holds the message", DEADLINE, async || {
+            if hub.messages_of(&conv).iter().any(|(m, _)| *m == id) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} messages at the hub",
+                    hub.messages_of(&conv).len()
+                ))
+            }
+        })
+        .await;
+    }
+    hub_holds_exactly(&hub, &conv, &sent).await;
+    let chunks = hub.chunk_count(&conv);
+    assert!(
+        chunks < 100,
+        "150 rounds left {chunks} chunks at the hub: not compacted"
+    );
+}

@@ -91,6 +91,8 @@ pub struct SyncWrite {
     pub heads: Vec<u8>,
     /// `PeerSync::save_state` for (store, document).
     pub sync_state: Vec<u8>,
+    /// `chunk` is a full save that replaces every stored chunk of the document (compaction).
+    pub replace_chunks: bool,
     /// The HQ rows this round changes (`None`: the round brought no record).
     pub projection: Option<Projection>,
     pub now_ms: u64,

@@ -247,6 +247,10 @@ fn write_synced(tx: &rusqlite::Transaction<'_>, w: &SyncWrite) -> StoreResult<bo
         tx.prepare_cached("UPDATE documents SET heads = ?2, updated_at_ms = ?3 WHERE key = ?1")?
             .execute(params![w.doc_key, w.heads, w.now_ms as i64])?;
     }
+    if w.replace_chunks {
+        tx.prepare_cached("DELETE FROM doc_chunks WHERE doc_key = ?1")?
+            .execute([&w.doc_key])?;
+    }
     if !w.chunk.is_empty() {
         tx.prepare_cached(
             "INSERT INTO doc_chunks (doc_key, seq, bytes) VALUES (?1, \
@@ -1240,6 +1244,7 @@ mod tests {
             sync_state: vec![0],
             projection: None,
             now_ms: 3,
+            replace_chunks: false,
         };
         assert!(store.save_synced(write.clone()).await.unwrap());
         assert!(
@@ -1345,6 +1350,7 @@ mod tests {
             sync_state: vec![],
             projection: Some(projection.clone()),
             now_ms: 1,
+            replace_chunks: false,
         };
         // The first round twice (a repeated record), then the resolve.
         for p in [&first, &first, &second] {
@@ -1448,6 +1454,7 @@ mod tests {
                 sync_state: vec![],
                 projection: None,
                 now_ms: 1,
+                replace_chunks: false,
             })
             .await
             .unwrap();
