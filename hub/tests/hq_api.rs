@@ -2,10 +2,7 @@
 //! and English messages, staff replies, claims and a resolve) with the real protocol and
 //! aisle-sync documents; then HQ lists, reads, searches and counts them over HTTP.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aisle_sync::{
     Conversation, ConversationId, Credential, CustomerId, DocumentKey, Event, EventId, EventKind,
@@ -16,164 +13,14 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-const ADMIN_PASSWORD: &str = "hub-admin-password";
+mod common;
+
+use common::{ADMIN_PASSWORD, Hub};
 const VIEWER_PASSWORD: &str = "viewer-password";
 const TIMEOUT: Duration = Duration::from_secs(10);
 const HOUR: u64 = 3_600_000;
 /// The start of an hour (2023-11-14 22:00 UTC): every test timestamp is relative to it.
 const T: u64 = 472_222 * HOUR;
-
-struct Hub {
-    child: Child,
-    addr: String,
-    data: PathBuf,
-    _dir: tempfile::TempDir,
-    http: reqwest::Client,
-}
-
-impl Hub {
-    async fn start() -> Hub {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("hub");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_aisle-hub"))
-            .args(["--listen", &addr, "--region", "cn-east", "--data"])
-            .arg(&data)
-            .env("AISLE_HUB_FIRST_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("AISLE_HUB_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn aisle-hub");
-        let hub = Hub {
-            child,
-            addr,
-            data,
-            _dir: dir,
-            http: reqwest::Client::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = hub.http.get(hub.url("/healthz")).send().await
-                && r.status() == 200
-            {
-                return hub;
-            }
-            assert!(Instant::now() < deadline, "aisle-hub did not become ready");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = match method {
-            "GET" => self.http.get(self.url(path)),
-            _ => self.http.post(self.url(path)),
-        };
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    /// A GET that must succeed.
-    async fn get(&self, path: &str, token: &str) -> Value {
-        let (status, body) = self.call("GET", path, Some(token), None).await;
-        assert_eq!(status, 200, "GET {path}: {body}");
-        body
-    }
-
-    /// A GET that must fail with `status` and `code`.
-    async fn get_error(&self, path: &str, token: Option<&str>, status: u16, code: &str) {
-        let (got, body) = self.call("GET", path, token, None).await;
-        assert_eq!(
-            (got, body["error"]["code"].as_str()),
-            (status, Some(code)),
-            "GET {path}: {body}"
-        );
-        assert!(body["error"]["message"].is_string(), "{body}");
-    }
-
-    async fn login(&self, username: &str, password: &str) -> String {
-        let (status, body) = self
-            .call(
-                "POST",
-                "/api/login",
-                None,
-                Some(json!({"username": username, "password": password})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["token"].as_str().unwrap().to_string()
-    }
-
-    async fn enrolled_store(&self, admin: &str, store_id: &str) -> String {
-        let (status, body) = self
-            .call(
-                "POST",
-                "/api/stores",
-                Some(admin),
-                Some(json!({"store_id": store_id, "name": store_id})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        let token = body["enrollment_token"].as_str().unwrap();
-        let (status, body) = self
-            .call(
-                "POST",
-                "/api/enroll",
-                None,
-                Some(json!({"store_id": store_id, "enrollment_token": token})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["credential"].as_str().unwrap().to_string()
-    }
-
-    /// The hub has no endpoint to create accounts yet: a viewer is written into its database
-    /// (WAL: the running hub sees it on its next read).
-    fn add_viewer(&self, username: &str, password: &str) {
-        let conn = rusqlite::Connection::open(self.data.join("aisle-hub.db")).unwrap();
-        conn.busy_timeout(Duration::from_secs(5)).unwrap();
-        let hash = aisle_hub::auth::hash_password(password).unwrap();
-        conn.execute(
-            "INSERT INTO accounts (id, username, password_hash, role, created_at_ms) \
-             VALUES (?1, ?2, ?3, 'hq_viewer', 0)",
-            rusqlite::params![ulid::Ulid::new().to_string(), username, hash],
-        )
-        .unwrap();
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -352,8 +199,8 @@ fn hits(body: &Value) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hq_lists_reads_searches_and_counts_synced_conversations() {
-    let hub = Hub::start().await;
-    let admin = hub.login("admin", ADMIN_PASSWORD).await;
+    let hub = Hub::start("cn-east").await;
+    let admin = hub.login_as("admin", ADMIN_PASSWORD).await;
     let cred_a = hub.enrolled_store(&admin, "store-a").await;
     let cred_b = hub.enrolled_store(&admin, "store-b").await;
     let sam = StaffId::new();
@@ -397,7 +244,7 @@ async fn hq_lists_reads_searches_and_counts_synced_conversations() {
 
     // A viewer reads everything; without a token nothing.
     hub.add_viewer("viewer", VIEWER_PASSWORD);
-    let viewer = hub.login("viewer", VIEWER_PASSWORD).await;
+    let viewer = hub.login_as("viewer", VIEWER_PASSWORD).await;
     let v = viewer.as_str();
     for path in [
         "/api/conversations",

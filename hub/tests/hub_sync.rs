@@ -1,10 +1,7 @@
 //! Cross-process tests of the real `aisle-hub` binary over loopback: HTTP enrollment and trust,
 //! and a simulated edge (aisle-sync + tokio-tungstenite) syncing a conversation.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aisle_sync::protocol::codes;
 use aisle_sync::{
@@ -12,174 +9,13 @@ use aisle_sync::{
     MessageId, MessageRecord, Meta, Participant, PeerSync, decode_frame, encode_frame,
 };
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-const ADMIN_PASSWORD: &str = "hub-admin-password";
+mod common;
+use common::Hub;
+
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-struct Hub {
-    child: Option<Child>,
-    addr: String,
-    region: String,
-    data: PathBuf,
-    _dir: tempfile::TempDir,
-    http: reqwest::Client,
-}
-
-impl Hub {
-    async fn start(region: &str) -> Hub {
-        let dir = tempfile::tempdir().unwrap();
-        let mut hub = Hub {
-            child: None,
-            addr: String::new(),
-            region: region.into(),
-            data: dir.path().join("hub"),
-            _dir: dir,
-            http: reqwest::Client::new(),
-        };
-        hub.spawn().await;
-        hub
-    }
-
-    async fn spawn(&mut self) {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        self.addr = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_aisle-hub"))
-            .args(["--listen", &self.addr, "--region", &self.region, "--data"])
-            .arg(&self.data)
-            .env("AISLE_HUB_FIRST_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("AISLE_HUB_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn aisle-hub");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = self.http.get(self.url("/healthz")).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "aisle-hub did not become ready");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    async fn restart(&mut self) {
-        self.stop();
-        self.spawn().await;
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = match method {
-            "GET" => self.http.get(self.url(path)),
-            _ => self.http.post(self.url(path)),
-        };
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn login(&self) -> String {
-        let (status, body) = self
-            .call(
-                "POST",
-                "/api/login",
-                None,
-                Some(json!({"username": "admin", "password": ADMIN_PASSWORD})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["token"].as_str().unwrap().to_string()
-    }
-
-    async fn register(&self, admin: &str, store_id: &str) -> String {
-        let (status, body) = self
-            .call(
-                "POST",
-                "/api/stores",
-                Some(admin),
-                Some(json!({"store_id": store_id, "name": "A store"})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        assert_eq!(body["region"], self.region.as_str());
-        body["enrollment_token"].as_str().unwrap().to_string()
-    }
-
-    async fn enroll(&self, store_id: &str, token: &str) -> (u16, Value) {
-        self.call(
-            "POST",
-            "/api/enroll",
-            None,
-            Some(json!({"store_id": store_id, "enrollment_token": token, "edge_version": "0.1.0"})),
-        )
-        .await
-    }
-
-    async fn enrolled_store(&self, admin: &str, store_id: &str) -> String {
-        let token = self.register(admin, store_id).await;
-        let (status, body) = self.enroll(store_id, &token).await;
-        assert_eq!(status, 200, "{body}");
-        body["credential"].as_str().unwrap().to_string()
-    }
-
-    async fn stores(&self, admin: &str) -> Vec<Value> {
-        let (status, body) = self.call("GET", "/api/stores", Some(admin), None).await;
-        assert_eq!(status, 200, "{body}");
-        body["stores"].as_array().unwrap().clone()
-    }
-
-    async fn metrics(&self) -> String {
-        self.http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
