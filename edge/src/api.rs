@@ -813,6 +813,26 @@ pub async fn redeem_handoff(State(app): AppState, Path(code): Path<String>) -> A
         // Not a code of this store: perhaps of another store of the region (continuation).
         Err(err) if err.code == Code::NotFound && app.config.hub.url.is_some() => {
             let imported = crate::uplink::continue_from_hub(&app, &code).await?;
+            // Used up here too: a second redemption at this store is `handoff_used` without
+            // asking the hub (which answers a retry by the same store again, for lost answers).
+            let (used, customer, conversation) =
+                (code.clone(), imported.customer_id, imported.conversation_id);
+            app.writer
+                .exec(move |conn| {
+                    conn.execute(
+                        "INSERT OR IGNORE INTO handoffs
+                           (code, customer_id, conversation_id, expires_at_ms, used_at_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?4)",
+                        rusqlite::params![
+                            used,
+                            customer.to_string(),
+                            conversation.to_string(),
+                            now as i64
+                        ],
+                    )?;
+                    Ok(())
+                })
+                .await?;
             (imported.customer_id, imported.conversation_id.to_string())
         }
         Err(err) => return Err(err),

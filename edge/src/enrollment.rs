@@ -149,7 +149,11 @@ pub async fn obtain(
         credential: field("credential")?,
         enrolled_at_ms: crate::now_ms(),
     };
-    store(&config.data, &credential)?;
+    let data = config.data.clone();
+    let stored = credential.clone();
+    tokio::task::spawn_blocking(move || store(&data, &stored))
+        .await
+        .map_err(|err| EnrollError::Transient(format!("storing the credential: {err}")))??;
     tracing::info!(
         store_id = %credential.store_id,
         region = %credential.region,
@@ -182,5 +186,9 @@ fn store(data: &Path, credential: &StoreCredential) -> Result<(), EnrollError> {
         file.sync_all().map_err(storage)?;
     }
     std::fs::rename(&temporary, &path).map_err(storage)?;
+    // The rename itself must survive a power cut: the token is used up at the hub already.
+    std::fs::File::open(data)
+        .and_then(|dir| dir.sync_all())
+        .map_err(storage)?;
     Ok(())
 }

@@ -307,8 +307,10 @@ async fn session(
     });
     tracing::info!(hub_id = %hub_id, region = %credential.region, "connected to the hub");
 
+    static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let hub = Arc::new(HubSession {
         hub_id,
+        session_id: SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         peer: Mutex::new(PeerSync::new(limits.sync())),
     });
     // The manifests cover whatever changed before this session.
@@ -496,6 +498,11 @@ impl Link {
     async fn on_frame(&mut self, frame: Frame) -> Option<Ended> {
         match frame {
             Frame::Manifest { docs, more } => {
+                if self.remote_manifest.len() + docs.len()
+                    > aisle_sync::protocol::MAX_MANIFEST_ENTRIES
+                {
+                    return Some(Ended::Lost("the hub's manifest is too long".into()));
+                }
                 self.remote_manifest.extend(docs);
                 if !more {
                     let remote = std::mem::take(&mut self.remote_manifest);

@@ -160,6 +160,7 @@ pub async fn redeem(
             doc_key,
             origin_store,
         } => (doc_key, origin_store),
+        Redeemed::Own => return Ok(Json(json!({ "used": true }))),
         Redeemed::Unknown => return Err(ApiError::new(Code::NotFound, "no such hand-off code")),
         Redeemed::Used => {
             return Err(ApiError::new(

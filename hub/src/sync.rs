@@ -469,6 +469,14 @@ impl Session {
     async fn on_frame(&mut self, frame: Frame) -> Next {
         match frame {
             Frame::Manifest { docs, more } => {
+                if self.remote_manifest.len() + docs.len()
+                    > aisle_sync::protocol::MAX_MANIFEST_ENTRIES
+                {
+                    let _ = self
+                        .send_error(codes::BAD_FRAME, "the manifest lists too many documents")
+                        .await;
+                    return Next::Close("manifest too long");
+                }
                 self.remote_manifest.extend(docs);
                 if !more {
                     let remote = std::mem::take(&mut self.remote_manifest);

@@ -318,6 +318,17 @@ impl Conversation {
         self.doc.get_heads()
     }
 
+    /// Puts the document back as it was at `heads` (which it holds), keeping its actor id:
+    /// undoes a received round whose records turned out unreadable (`changes_since` failed),
+    /// so nothing of it is stored or shown.
+    pub fn rewind(&mut self, heads: &[ChangeHash]) -> Result<(), SyncError> {
+        let actor = self.doc.get_actor().clone();
+        let mut restored = self.doc.fork_at(heads)?;
+        restored.set_actor(actor);
+        self.doc = restored;
+        Ok(())
+    }
+
     /// What changed between `before` (heads this replica held, e.g. before a sync round; empty
     /// for "from nothing") and now: the messages, events and participant records that appeared.
     /// Used to project a received round into the edge's and the hub's tables without reading

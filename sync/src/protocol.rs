@@ -27,6 +27,11 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// the longest document key): `max_frame_bytes` must exceed `max_document_bytes` by this much.
 pub const FRAME_OVERHEAD_BYTES: usize = 512;
 
+/// Most entries a peer's manifest may list in one session (its frames together); a longer
+/// manifest ends the session (`bad_frame`). A store with more conversations than this would
+/// need a paged manifest.
+pub const MAX_MANIFEST_ENTRIES: usize = 1_000_000;
+
 /// Longest store id accepted in a [`DocumentKey::Settings`] key.
 pub const MAX_STORE_ID_BYTES: usize = 128;
 

@@ -156,6 +156,7 @@ impl Writer {
             changes,
             incoming: HashMap::new(),
             settings: None,
+            incoming_session: 0,
         };
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -292,6 +293,8 @@ struct State {
     incoming: HashMap<ConversationId, Conversation>,
     /// This store's settings document (HQ's canned replies), once loaded.
     settings: Option<aisle_sync::Settings>,
+    /// The hub session `incoming` belongs to.
+    incoming_session: u64,
 }
 
 /// What a batch tells the world once it has committed.
@@ -434,6 +437,9 @@ fn run_batch(conn: &mut Connection, state: &mut State, commands: Vec<Command>) {
             for id in &out.touched {
                 state.docs.pop(id);
             }
+            // The same for what sync held in memory (reloaded or asked again).
+            state.settings = None;
+            state.incoming.clear();
             for finish in out.replies {
                 finish(Err(err.clone()));
             }

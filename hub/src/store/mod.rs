@@ -120,6 +120,8 @@ pub enum Redeemed {
     Expired,
     /// The issuing store has not synced the conversation to the hub yet.
     NotSynced,
+    /// The issuing store redeemed its own code (now used up region-wide).
+    Own,
 }
 
 /// A conversation as HQ sees it: meta, folded state, and figures derived from its messages.

@@ -83,6 +83,9 @@ impl Threads {
     }
 }
 
+/// A `handoffs` row: document, issuing store, expiry, when used and by whom.
+type HandoffRow = (String, String, i64, Option<i64>, Option<String>);
+
 /// Most sync rounds committed in one transaction.
 const MAX_SYNC_BATCH: usize = 256;
 
@@ -595,22 +598,35 @@ impl HubStore for SqliteStore {
     ) -> BoxFuture<'_, StoreResult<Redeemed>> {
         self.writer.run(move |c| {
             let tx = c.transaction()?;
-            let row: Option<(String, String, i64, Option<i64>)> = tx
+            let row: Option<HandoffRow> = tx
                 .query_row(
-                    "SELECT doc_key, store_id, expires_at_ms, used_at_ms FROM handoffs \
+                    "SELECT doc_key, store_id, expires_at_ms, used_at_ms, used_by FROM handoffs \
                      WHERE code_hash = ?1",
                     [&code_hash],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .optional()?;
-            let Some((doc_key, issuer, expires, used)) = row else {
+            let Some((doc_key, issuer, expires, used, used_by)) = row else {
                 return Ok(Redeemed::Unknown);
             };
-            if used.is_some() {
+            // A retry by the store that redeemed it (its first answer was lost) gets the same
+            // answer again.
+            let retry = used.is_some() && used_by.as_deref() == Some(store_id.as_str());
+            if used.is_some() && !retry {
                 return Ok(Redeemed::Used);
             }
-            if expires as u64 <= now_ms {
+            if expires as u64 <= now_ms && !retry {
                 return Ok(Redeemed::Expired);
+            }
+            if issuer == store_id {
+                // The issuing store's own redemption (a device switch there): used up here too,
+                // whether or not the conversation has reached the hub yet.
+                tx.execute(
+                    "UPDATE handoffs SET used_at_ms = ?2, used_by = ?3 WHERE code_hash = ?1",
+                    params![code_hash, now_ms as i64, store_id],
+                )?;
+                tx.commit()?;
+                return Ok(Redeemed::Own);
             }
             // The issuer must hold the document: its origin, or a store it was shared with.
             let origin: Option<String> = tx

@@ -37,6 +37,8 @@ use crate::now_ms;
 #[derive(Debug)]
 pub struct HubSession {
     pub hub_id: String,
+    /// Distinguishes sessions: documents half-received in an earlier one are dropped.
+    pub session_id: u64,
     pub peer: Mutex<PeerSync>,
 }
 
@@ -126,6 +128,30 @@ fn protocol_frame(err: ProtocolError) -> Result<Frame, ApiError> {
     Ok(err.to_frame())
 }
 
+/// A received round whose records do not decode (another store's bug, a newer layout): the
+/// document is not synced this session and nothing of the round is kept (its sync state is
+/// forgotten, so the next session starts it afresh). Never a batch failure: that would roll
+/// back every other command of the batch, and the hub would resend the same round.
+fn refuse_document(peer: &mut PeerSync, key: &DocumentKey, err: aisle_sync::SyncError) -> Frame {
+    tracing::warn!(doc = %key, error = %err, "a document from the hub does not decode; not synced");
+    peer.on_error(key);
+    peer.forget(key);
+    let err = ProtocolError::Document {
+        doc: key.clone(),
+        source: Box::new(err),
+    };
+    METRICS.sync_error(err.code());
+    err.to_frame()
+}
+
+/// Drops documents half-received in an earlier session (their Automerge state is gone).
+fn start_of(state: &mut State, session: &HubSession) {
+    if state.incoming_session != session.session_id {
+        state.incoming.clear();
+        state.incoming_session = session.session_id;
+    }
+}
+
 /// Installs the persisted sync state of `key` for this hub, once per session.
 fn load_state(
     db: &Connection,
@@ -174,6 +200,7 @@ pub(super) fn sync_in(
     out: &mut Outbox,
 ) -> Result<Frame, ApiError> {
     let mut peer = session.peer()?;
+    start_of(state, session);
     let id = match key {
         DocumentKey::Conversation(id) => *id,
         DocumentKey::Settings(store) if *store == state.store_id => {
@@ -198,7 +225,13 @@ pub(super) fn sync_in(
         tracing::warn!(doc = %key, error = %err, "a hub sync message was refused");
         return protocol_frame(err);
     }
-    let delta = hot.doc.changes_since(&before)?;
+    let delta = match hot.doc.changes_since(&before) {
+        Ok(delta) => delta,
+        Err(err) => {
+            hot.doc.rewind(&before)?;
+            return Ok(refuse_document(&mut peer, key, err));
+        }
+    };
     let rowid = hot.rowid;
     if hot.doc.heads() != before {
         hot.dirty = true;
@@ -242,8 +275,12 @@ fn receive_new(
     if !doc.is_complete() {
         return Ok(peer.answer(key, doc));
     }
-    let doc = state.incoming.remove(&id).expect("present above");
-    let rowid = adopt(db, state, doc, out)?;
+    let mut doc = state.incoming.remove(&id).expect("present above");
+    let records = match Records::read(&mut doc) {
+        Ok(records) => records,
+        Err(err) => return Ok(refuse_document(peer, key, err)),
+    };
+    let rowid = adopt(db, state, doc, records, out)?;
     save_state(db, peer, &session.hub_id, key, rowid)?;
     let hot = state.docs.get_mut(&id).expect("adopted");
     Ok(peer.answer(key, &mut hot.doc))
@@ -251,22 +288,50 @@ fn receive_new(
 
 /// Stores a complete document this store did not hold: its row, its customer, its records;
 /// returns the conversation's rowid.
+/// What a complete document from elsewhere holds, read (and so checked) before anything of it
+/// is written here.
+struct Records {
+    meta: aisle_sync::Meta,
+    fold: aisle_sync::Fold,
+    customer_name: String,
+    delta: Delta,
+}
+
+impl Records {
+    fn read(doc: &mut Conversation) -> Result<Records, aisle_sync::SyncError> {
+        let meta = doc.meta()?;
+        let fold = doc.fold()?;
+        let customer_name = doc
+            .participants()?
+            .into_iter()
+            .find(|p| p.participant == Participant::Customer(meta.customer))
+            .map(|p| p.display_name)
+            .unwrap_or_default();
+        let delta = doc.changes_since(&[])?;
+        Ok(Records {
+            meta,
+            fold,
+            customer_name,
+            delta,
+        })
+    }
+}
+
 fn adopt(
     db: &Connection,
     state: &mut State,
-    mut doc: Conversation,
+    doc: Conversation,
+    records: Records,
     out: &mut Outbox,
 ) -> Result<i64, ApiError> {
-    let meta = doc.meta()?;
-    let fold = doc.fold()?;
+    let Records {
+        meta,
+        fold,
+        customer_name,
+        delta,
+    } = records;
     let id = meta.id;
     let now = now_ms();
-    let customer_name = doc
-        .participants()?
-        .into_iter()
-        .find(|p| p.participant == Participant::Customer(meta.customer))
-        .map(|p| p.display_name)
-        .unwrap_or_default();
     db.prepare_cached(
         "INSERT INTO customers (id, display_name, created_at_ms) VALUES (?1, ?2, ?3)
          ON CONFLICT (id) DO NOTHING",
@@ -288,7 +353,6 @@ fn adopt(
         meta.store_id,
     ])?;
     let rowid = db.last_insert_rowid();
-    let delta = doc.changes_since(&[])?;
     insert_hot(db, state, id, Hot::fresh(rowid, meta, doc, fold), out)?;
     let agent = state.docs.get(&id).and_then(|h| h.fold.state.agent);
     out.audiences.push((id, Some(Audience { agent })));
@@ -409,6 +473,7 @@ pub(super) fn sync_out(
     out: &mut Outbox,
 ) -> Result<Vec<Frame>, ApiError> {
     let mut peer = session.peer()?;
+    start_of(state, session);
     let mut frames = Vec::with_capacity(keys.len());
     for key in keys {
         let id = match &key {
@@ -463,11 +528,23 @@ pub(super) fn import(
         Some(hot) => {
             let before = hot.doc.heads();
             hot.doc.merge(&mut doc)?;
-            let delta = hot.doc.changes_since(&before)?;
+            let delta = match hot.doc.changes_since(&before) {
+                Ok(delta) => delta,
+                Err(err) => {
+                    hot.doc.rewind(&before)?;
+                    return Err(ApiError::new(
+                        Code::BadRequest,
+                        format!("the hub's document: {err}"),
+                    ));
+                }
+            };
             project(db, state, id, delta, out)?;
         }
         None => {
-            adopt(db, state, doc, out)?;
+            let records = Records::read(&mut doc).map_err(|err| {
+                ApiError::new(Code::BadRequest, format!("the hub's document: {err}"))
+            })?;
+            adopt(db, state, doc, records, out)?;
         }
     }
     let hot = state.docs.get(&id).expect("loaded above");
@@ -555,7 +632,13 @@ fn settings_in(
         return Ok(peer.answer(key, doc));
     }
     if doc.heads() != before {
-        let replies = doc.canned_replies()?;
+        let replies = match doc.canned_replies() {
+            Ok(replies) => replies,
+            Err(err) => {
+                state.settings = None;
+                return Ok(refuse_document(peer, key, err));
+            }
+        };
         db.prepare_cached("DELETE FROM canned_replies WHERE source = 'hq'")?
             .execute([])?;
         for reply in &replies {
