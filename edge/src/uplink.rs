@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use aisle_sync::protocol::codes;
 use aisle_sync::{
-    ConversationId, Credential, DocumentKey, Frame, Head, ManifestEntry, PeerSync, decode_frame,
+    ConversationId, Credential, DocumentKey, Frame, ManifestEntry, PeerSync, decode_frame,
     encode_frame, manifest_frames,
 };
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -590,7 +590,7 @@ impl Link {
                 .filter_map(|key| {
                     let id = key.conversation_id()?;
                     let heads = peer.remote_heads(&key)?;
-                    Some((id.to_string(), heads_to_bytes(heads)))
+                    Some((id.to_string(), aisle_sync::protocol::heads_to_bytes(heads)))
                 })
                 .collect()
         };
@@ -616,10 +616,6 @@ impl Link {
     }
 }
 
-fn heads_to_bytes(heads: &[Head]) -> Vec<u8> {
-    heads.iter().flat_map(|h| h.0).collect()
-}
-
 /// Every conversation of this store with its heads, as stored by the writer.
 async fn local_manifest(app: &App) -> Result<Vec<ManifestEntry>, ApiError> {
     app.reader
@@ -635,10 +631,7 @@ async fn local_manifest(app: &App) -> Result<Vec<ManifestEntry>, ApiError> {
                 let Ok(id) = id.parse::<ConversationId>() else {
                     continue;
                 };
-                let heads = heads
-                    .chunks_exact(32)
-                    .filter_map(|h| <[u8; 32]>::try_from(h).ok().map(Head))
-                    .collect();
+                let heads = aisle_sync::protocol::heads_from_bytes(&heads);
                 manifest.push((DocumentKey::from(id), heads));
             }
             // And the documents the hub writes for this store (its settings).
@@ -651,10 +644,7 @@ async fn local_manifest(app: &App) -> Result<Vec<ManifestEntry>, ApiError> {
                 let Ok(key) = key.parse::<DocumentKey>() else {
                     continue;
                 };
-                let heads = heads
-                    .chunks_exact(32)
-                    .filter_map(|h| <[u8; 32]>::try_from(h).ok().map(Head))
-                    .collect();
+                let heads = aisle_sync::protocol::heads_from_bytes(&heads);
                 manifest.push((key, heads));
             }
             Ok(manifest)

@@ -22,7 +22,8 @@ pub const ROLE_VIEWER: &str = "hq_viewer";
 
 type ApiResult<T> = Result<T, ApiError>;
 
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+/// A JSON body, or the API's error for a bad or oversized one (shared by every handler).
+pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     match payload {
         Ok(Json(value)) => Ok(value),
         Err(JsonRejection::BytesRejection(_)) => Err(ApiError::new(

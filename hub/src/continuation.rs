@@ -22,6 +22,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::api::body;
 use crate::error::{ApiError, Code};
 use crate::store::{NewHandoff, Redeemed};
 use crate::{App, auth, now_ms};
@@ -71,12 +72,6 @@ impl Shares {
             })
             .unwrap_or(false)
     }
-}
-
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    payload
-        .map(|Json(value)| value)
-        .map_err(|err| ApiError::new(Code::BadJson, err.body_text()))
 }
 
 /// The calling store, checked like a sync `hello` (region, revocation, credential).

@@ -142,7 +142,7 @@ pub async fn put(
     payload: Result<Json<PutReply>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&app, &headers, &[ROLE_ADMIN]).await?;
-    let Json(request) = payload.map_err(|err| ApiError::new(Code::BadJson, err.body_text()))?;
+    let request = crate::api::body(payload)?;
     let valid_id = !id.is_empty()
         && id.len() <= MAX_ID_BYTES
         && id

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use aisle_sync::protocol::codes;
 use aisle_sync::{
-    Conversation, DocumentKey, Frame, Head, ManifestEntry, PeerSync, ProtocolError, Settings,
+    Conversation, DocumentKey, Frame, ManifestEntry, PeerSync, ProtocolError, Settings,
     decode_frame, encode_frame, manifest_frames,
 };
 use axum::extract::ws::{Message, WebSocket};
@@ -448,10 +448,7 @@ impl Session {
             .into_iter()
             .filter_map(|(key, heads)| {
                 let key: DocumentKey = key.parse().ok()?;
-                let heads = heads
-                    .chunks_exact(32)
-                    .filter_map(|h| <[u8; 32]>::try_from(h).ok().map(Head))
-                    .collect();
+                let heads = aisle_sync::protocol::heads_from_bytes(&heads);
                 Some((key, heads))
             })
             .collect();

@@ -201,6 +201,20 @@ pub fn heads_to_wire(heads: &[ChangeHash]) -> Vec<Head> {
     heads.iter().copied().map(Head::from).collect()
 }
 
+/// Heads as stored by the edge and the hub (`conversations.heads`, `documents.heads`): 32
+/// bytes each, concatenated.
+pub fn heads_to_bytes(heads: &[Head]) -> Vec<u8> {
+    heads.iter().flat_map(|h| h.0).collect()
+}
+
+/// The inverse of [`heads_to_bytes`] (a trailing partial hash is ignored).
+pub fn heads_from_bytes(bytes: &[u8]) -> Vec<Head> {
+    bytes
+        .chunks_exact(32)
+        .filter_map(|h| <[u8; 32]>::try_from(h).ok().map(Head))
+        .collect()
+}
+
 impl Serialize for Head {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_bytes(&self.0)
