@@ -31,6 +31,9 @@ pub struct Config {
     pub resume_token_ttl_secs: u64,
     /// Lifetime of a device hand-off code.
     pub handoff_ttl_secs: u64,
+    /// Serve the web pages from this directory (the repository's `web/`) instead of the copy
+    /// embedded in the binary: for front-end work without a rebuild. Unset in production.
+    pub web_dir: Option<PathBuf>,
     pub routing: Routing,
     pub hub: HubLink,
     pub limits: Limits,
@@ -74,6 +77,7 @@ impl Default for Config {
             session_ttl_secs: 12 * 3600,
             resume_token_ttl_secs: 30 * 24 * 3600,
             handoff_ttl_secs: 600,
+            web_dir: None,
             routing: Routing::default(),
             hub: HubLink::default(),
             limits: Limits::default(),

@@ -26,6 +26,7 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod uplink;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -58,4 +59,6 @@ pub struct App {
     pub changes: Arc<store::writer::replica::Changes>,
     /// The link to the region's hub (idle when no hub is configured).
     pub uplink: uplink::Uplink,
+    /// The web pages (embedded, or `web_dir`).
+    pub web: aisle_service::web::WebAssets,
 }

@@ -74,6 +74,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         source,
     })?;
     let (shutdown, completion) = Shutdown::new();
+    let config_web_dir = config.web_dir.clone();
     let app = Arc::new(App {
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         password_hashes: Semaphore::new(config.limits.max_concurrent_password_hashes),
@@ -86,6 +87,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         started,
         changes,
         uplink: Default::default(),
+        web: crate::web::assets(config_web_dir),
     });
     let router = router(Arc::clone(&app));
     let uplink = tokio::spawn(crate::uplink::run(Arc::clone(&app)));
@@ -167,6 +169,10 @@ pub fn router(app: Arc<App>) -> Router {
             get(api::customer_conversations),
         )
         .route("/api/handoff/{code}", post(api::redeem_handoff))
+        .route("/", get(crate::web::console))
+        .route("/chat", get(crate::web::chat))
+        .route("/h/{code}", get(crate::web::handoff_link))
+        .route("/{dir}/{*file}", get(crate::web::asset))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -34,6 +34,9 @@ pub struct Config {
     pub session_ttl_secs: u64,
     /// Lifetime of a store's one-time enrollment token.
     pub enrollment_token_ttl_secs: u64,
+    /// Serve the dashboard from this directory (the repository's `web/`) instead of the copy
+    /// embedded in the binary: for front-end work without a rebuild. Unset in production.
+    pub web_dir: Option<PathBuf>,
     pub limits: Limits,
 }
 
@@ -47,6 +50,7 @@ impl Default for Config {
             log: "info".into(),
             session_ttl_secs: 12 * 3600,
             enrollment_token_ttl_secs: 24 * 3600,
+            web_dir: None,
             limits: Limits::default(),
         }
     }

@@ -24,6 +24,7 @@ pub mod server;
 pub mod settings;
 pub mod store;
 pub mod sync;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -52,4 +53,6 @@ pub struct App {
     pub sync_connections: Arc<Semaphore>,
     /// Bounds concurrent Argon2 work.
     pub password_hashes: Semaphore,
+    /// The HQ dashboard's files (embedded, or `web_dir`).
+    pub web: aisle_service::web::WebAssets,
 }

@@ -65,6 +65,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         registry: Registry::default(),
         shares: crate::continuation::Shares::load(store.shares().await?),
         settings_lock: Default::default(),
+        web: crate::web::assets(config.web_dir.clone()),
         config,
     });
     tracing::info!(
@@ -103,6 +104,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/conversations/{id}", get(hq::conversation))
         .route("/api/search", get(hq::search))
         .route("/api/figures", get(hq::figures))
+        .route("/", get(crate::web::dashboard))
+        .route("/{dir}/{*file}", get(crate::web::asset))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
