@@ -32,9 +32,15 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
     aisle_service::secret::hash_password(password).map_err(ApiError::internal)
 }
 
+/// What every staff session token starts with (customers' resume tokens never do: they are
+/// base64url of a JSON object, `eyJ…`).
+pub const SESSION_TOKEN_PREFIX: &str = "st_";
+
 /// A new staff session token (`st_…`) and the hash to store.
 pub fn new_session_token() -> (String, Vec<u8>) {
-    aisle_service::secret::new_secret("st")
+    let (token, hash) = aisle_service::secret::new_secret("st");
+    debug_assert!(token.starts_with(SESSION_TOKEN_PREFIX));
+    (token, hash)
 }
 
 pub fn handoff_code() -> String {

@@ -427,13 +427,14 @@ async fn handle_text(
             conversation_id,
             client_msg_id,
             body,
+            attachment_id,
         } => {
             let echo = Echo {
                 request_id: None,
                 conversation_id: Some(conversation_id.to_string()),
                 client_msg_id: Some(client_msg_id.clone()),
             };
-            if let Err(err) = check_send(&app, &client_msg_id, &body) {
+            if let Err(err) = check_send(&app, &client_msg_id, &body, attachment_id.is_some()) {
                 return reply_error(sink, &err, &echo, timeout).await;
             }
             let (reply, answer) = oneshot::channel();
@@ -442,6 +443,7 @@ async fn handle_text(
                 actor,
                 client_msg_id,
                 body,
+                attachment: attachment_id,
                 origin: conn_id,
                 reply,
             });
@@ -685,7 +687,12 @@ async fn write_flow(sink: &mut Sink, frames: Vec<Utf8Bytes>, timeout: Duration) 
     }
 }
 
-fn check_send(app: &App, client_msg_id: &str, body: &str) -> Result<(), ApiError> {
+fn check_send(
+    app: &App,
+    client_msg_id: &str,
+    body: &str,
+    has_attachment: bool,
+) -> Result<(), ApiError> {
     let limits = &app.config.limits;
     if client_msg_id.is_empty() || client_msg_id.len() > limits.max_client_msg_id_bytes {
         METRICS.limit("max_client_msg_id_bytes");
@@ -697,7 +704,7 @@ fn check_send(app: &App, client_msg_id: &str, body: &str) -> Result<(), ApiError
             ),
         ));
     }
-    if body.trim().is_empty() {
+    if body.trim().is_empty() && !has_attachment {
         return Err(ApiError::new(Code::MessageTooLong, "the message is empty"));
     }
     let chars = body.chars().count();

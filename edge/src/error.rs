@@ -37,6 +37,7 @@ pub enum Code {
     HandoffUsed,
     HandoffExpired,
     PayloadTooLarge,
+    UnsupportedMediaType,
     HubUnavailable,
     Internal,
 }
@@ -70,6 +71,7 @@ impl Code {
             Code::HandoffUsed => "handoff_used",
             Code::HandoffExpired => "handoff_expired",
             Code::PayloadTooLarge => "payload_too_large",
+            Code::UnsupportedMediaType => "unsupported_media_type",
             Code::HubUnavailable => "hub_unavailable",
             Code::Internal => "internal",
         }
@@ -97,6 +99,7 @@ impl Code {
             | Code::HandoffUsed => StatusCode::CONFLICT,
             Code::HandoffExpired => StatusCode::GONE,
             Code::FrameTooLarge | Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::Overloaded
             | Code::TooManyConnections

@@ -4,7 +4,10 @@
 //! looked at again to tell `bad_json` from `unknown_type` from `bad_frame`, so the common path
 //! parses once.
 
-use aisle_sync::{ConversationId, CustomerId, EventKind, MessageId, Participant, StaffId, Status};
+use aisle_sync::{
+    Attachment, AttachmentId, ConversationId, CustomerId, EventKind, MessageId, Participant,
+    StaffId, Status,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, Code};
@@ -37,7 +40,11 @@ pub enum ClientFrame {
     Send {
         conversation_id: ConversationId,
         client_msg_id: String,
+        /// Required; may be `""` when an image is attached.
         body: String,
+        /// An image uploaded by this sender with `POST /api/attachments`.
+        #[serde(default)]
+        attachment_id: Option<AttachmentId>,
     },
     Typing {
         conversation_id: ConversationId,
@@ -250,6 +257,28 @@ pub struct MessageView {
     pub sender: Participant,
     pub body: String,
     pub sent_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<AttachmentView>,
+}
+
+/// An attached image as clients see it: the document's record plus where to fetch the bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttachmentView {
+    pub id: AttachmentId,
+    pub mime: String,
+    pub bytes: u64,
+    pub url: String,
+}
+
+impl From<&Attachment> for AttachmentView {
+    fn from(a: &Attachment) -> Self {
+        Self {
+            id: a.id,
+            mime: a.mime.clone(),
+            bytes: a.bytes,
+            url: format!("/api/attachments/{}", a.id),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod api;
+pub mod attachment;
 pub mod auth;
 pub mod config;
 pub mod connection;

@@ -45,6 +45,10 @@ pub struct Limits {
     pub max_page_items: usize,
     /// HTTP request body size.
     pub max_http_body_bytes: usize,
+    /// Size of one uploaded image (`POST /api/attachments`).
+    pub max_attachment_bytes: usize,
+    /// Text a QR code drawn by `GET /api/qr.svg` may hold (a hand-off link is ~40 bytes).
+    pub max_qr_text_bytes: usize,
     /// Bytes tungstenite reads per socket read call (its 128 KiB default costs ~137 KB per idle
     /// connection; 4 KiB costs ~9 KB, docs/MEASUREMENTS.md).
     pub ws_read_buffer_bytes: usize,
@@ -106,6 +110,8 @@ impl Default for Limits {
             max_history_frames: 1000,
             max_page_items: 500,
             max_http_body_bytes: 64 * 1024,
+            max_attachment_bytes: 5 * 1024 * 1024,
+            max_qr_text_bytes: 512,
             ws_read_buffer_bytes: 4 * 1024,
             ws_write_buffer_bytes: 8 * 1024,
             hello_timeout_ms: 10_000,
@@ -143,6 +149,8 @@ impl Limits {
             ("max_hot_documents", self.max_hot_documents),
             ("max_history_frames", self.max_history_frames),
             ("max_page_items", self.max_page_items),
+            ("max_attachment_bytes", self.max_attachment_bytes),
+            ("max_qr_text_bytes", self.max_qr_text_bytes),
             ("ws_read_buffer_bytes", self.ws_read_buffer_bytes),
             (
                 "max_concurrent_password_hashes",

@@ -169,6 +169,14 @@ pub fn router(app: Arc<App>) -> Router {
             get(api::customer_conversations),
         )
         .route("/api/handoff/{code}", post(api::redeem_handoff))
+        .route(
+            "/api/attachments",
+            post(crate::attachment::upload).layer(DefaultBodyLimit::max(
+                app.config.limits.max_attachment_bytes,
+            )),
+        )
+        .route("/api/attachments/{id}", get(crate::attachment::download))
+        .route("/api/qr.svg", get(crate::web::qr))
         .route("/", get(crate::web::console))
         .route("/chat", get(crate::web::chat))
         .route("/h/{code}", get(crate::web::handoff_link))

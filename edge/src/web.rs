@@ -57,6 +57,55 @@ pub async fn asset(
     page(&app, &format!("{dir}/{file}"), &headers, framing).await
 }
 
+#[derive(serde::Deserialize)]
+pub struct QrParams {
+    text: String,
+}
+
+/// `GET /api/qr.svg?text=…`: a QR code of `text` as SVG, drawn here so that the customer's
+/// "continue on another device" works with no network and no script library.
+pub async fn qr(
+    State(app): State<Arc<App>>,
+    query: Result<axum::extract::Query<QrParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let text = match query {
+        Ok(axum::extract::Query(p)) => p.text,
+        Err(e) => return ApiError::new(Code::BadRequest, e.body_text()).into_response(),
+    };
+    let max = app.config.limits.max_qr_text_bytes;
+    if text.is_empty() || text.len() > max {
+        crate::metrics::METRICS.limit("max_qr_text_bytes");
+        return ApiError::new(
+            Code::BadRequest,
+            format!("text must be 1 to max_qr_text_bytes = {max} bytes"),
+        )
+        .into_response();
+    }
+    let code = match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(code) => code,
+        Err(e) => {
+            return ApiError::new(Code::BadRequest, format!("no QR code: {e}")).into_response();
+        }
+    };
+    let svg = code
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(240, 240)
+        .quiet_zone(true)
+        .build();
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "image/svg+xml"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'",
+            ),
+        ],
+        svg,
+    )
+        .into_response()
+}
+
 async fn page(app: &App, path: &str, headers: &HeaderMap, framing: Framing) -> Response {
     match app.web.serve(path, headers, framing).await {
         Some(response) => response,

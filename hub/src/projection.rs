@@ -276,6 +276,7 @@ mod tests {
                 sender,
                 body: format!("body {n}"),
                 sent_at_ms: at,
+                attachment: None,
             })
             .unwrap();
         }

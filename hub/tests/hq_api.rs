@@ -139,6 +139,7 @@ impl Chat {
                 sender,
                 body: body.into(),
                 sent_at_ms: at,
+                attachment: None,
             })
             .unwrap();
     }

@@ -110,6 +110,7 @@ fn new_conversation(store_id: &str, messages: usize) -> (Conversation, Frame) {
                 sender: Participant::Customer(customer),
                 body: format!("message {i}"),
                 sent_at_ms: 10 + i as u64,
+                attachment: None,
             })
             .unwrap();
     }
@@ -375,6 +376,7 @@ async fn a_conversation_syncs_and_a_reconnect_after_restart_needs_no_sync() {
             sender: Participant::Bot,
             body: "after the restart".into(),
             sent_at_ms: 99,
+            attachment: None,
         })
         .unwrap();
     let (_, acked) = sync_until_acked(&mut link, &mut conversation).await;

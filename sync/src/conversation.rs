@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::SCHEMA_VERSION;
 use crate::error::SyncError;
-use crate::ids::{ConversationId, CustomerId, MessageId, Participant};
+use crate::ids::{AttachmentId, ConversationId, CustomerId, MessageId, Participant};
 use crate::session::{Event, Fold, fold};
 
 const META: &str = "meta";
@@ -111,6 +111,22 @@ pub struct MessageRecord {
     pub sender: Participant,
     pub body: String,
     pub sent_at_ms: u64,
+    /// An image sent with the message (the body may then be empty). Absent in documents
+    /// written before attachments existed, and skipped when `None`, so those stay readable and
+    /// byte-identical.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
+}
+
+/// What a reader needs to show an attached image: the bytes themselves stay on the appliance
+/// that received the upload (`GET /api/attachments/{id}` there), never in the document, which
+/// every store and the hub replicate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub id: AttachmentId,
+    /// `image/png`, `image/jpeg`, `image/gif` or `image/webp`: sniffed from the bytes.
+    pub mime: String,
+    pub bytes: u64,
 }
 
 /// A conversation replica: an Automerge document plus the bookkeeping for incremental saves.
@@ -659,6 +675,7 @@ mod tests {
             sender: Participant::Customer(CustomerId::from_ulid(Ulid(2))),
             body: format!("hello {n}"),
             sent_at_ms: at,
+            attachment: None,
         }
     }
 

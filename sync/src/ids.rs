@@ -71,6 +71,12 @@ ulid_id!(
     /// Identifies a message inside a conversation; the key of the `messages` map.
     MessageId
 );
+
+ulid_id!(
+    /// An image (or other file) sent with a message; its bytes live on the appliance that
+    /// received the upload.
+    AttachmentId
+);
 ulid_id!(
     /// Identifies a session event; the key of the `events` map and what `Event::prev` points at.
     EventId

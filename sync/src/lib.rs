@@ -42,10 +42,10 @@ pub mod wire;
 
 /// Automerge's change hash (document heads), re-exported so users need not depend on automerge.
 pub use automerge::ChangeHash;
-pub use conversation::{Conversation, Delta, MessageRecord, Meta, ParticipantRecord};
+pub use conversation::{Attachment, Conversation, Delta, MessageRecord, Meta, ParticipantRecord};
 pub use error::SyncError;
 pub use hlc::{Hlc, HlcClock};
-pub use ids::{ConversationId, CustomerId, EventId, MessageId, Participant, StaffId};
+pub use ids::{AttachmentId, ConversationId, CustomerId, EventId, MessageId, Participant, StaffId};
 pub use peer::{PeerSync, SyncedDoc};
 pub use protocol::{
     Credential, DocumentKey, Frame, Head, Limits, ManifestDiff, ManifestEntry, PROTOCOL_VERSION,

@@ -395,6 +395,7 @@ mod tests {
             sender: Participant::Bot,
             body: "hello".into(),
             sent_at_ms: 1,
+            attachment: None,
         })
         .expect("add");
         doc
@@ -579,6 +580,7 @@ mod tests {
                 sender: Participant::Bot,
                 body: "more".into(),
                 sent_at_ms: 2,
+                attachment: None,
             })
             .expect("add");
             doc.save_incremental();

@@ -379,6 +379,7 @@ impl World {
                     sender: Participant::Customer(CustomerId::from_ulid(Ulid(100))),
                     body: body.clone(),
                     sent_at_ms: clock,
+                    attachment: None,
                 })
                 .expect("add message");
             }
@@ -587,6 +588,7 @@ fn msg(n: u128) -> MessageRecord {
         sender: Participant::Customer(CustomerId::from_ulid(Ulid(100))),
         body: format!("Do you have size {n} in blue?"),
         sent_at_ms: n as u64,
+        attachment: None,
     }
 }
 

@@ -449,6 +449,7 @@ impl Conv {
                 sender,
                 body: BODY.to_string(),
                 sent_at_ms: now,
+                attachment: None,
             })?;
         }
         // Reading the heads closes the pending transaction: one change for the batch.

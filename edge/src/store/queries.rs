@@ -1,6 +1,6 @@
 //! Read queries, run on reader threads (`Reader::read`).
 
-use aisle_sync::{ConversationId, CustomerId, Participant, StaffId, Status};
+use aisle_sync::{Attachment, ConversationId, CustomerId, Participant, StaffId, Status};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::error::{ApiError, Code};
@@ -309,7 +309,7 @@ pub fn history(
         return Ok(None);
     };
     let mut statement = conn.prepare_cached(
-        "SELECT seq, id, client_msg_id, sender_kind, sender_id, body, sent_at_ms
+        "SELECT seq, id, client_msg_id, sender_kind, sender_id, body, sent_at_ms, attachment
          FROM messages WHERE conversation = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
     let messages = statement
@@ -329,6 +329,7 @@ pub fn history(
                 sender,
                 body: r.get(5)?,
                 sent_at_ms: r.get::<_, i64>(6)? as u64,
+                attachment: attachment_column(7, r.get(7)?)?.as_ref().map(Into::into),
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -393,4 +394,21 @@ pub fn canned_replies(conn: &Connection) -> Result<Vec<CannedReply>, ApiError> {
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
+}
+
+/// The `messages.attachment` column: JSON of [`Attachment`], NULL for text only.
+pub fn attachment_column(
+    index: usize,
+    json: Option<String>,
+) -> rusqlite::Result<Option<Attachment>> {
+    json.map(|text| {
+        serde_json::from_str(&text).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(
+                index,
+                rusqlite::types::Type::Text,
+                Box::new(e),
+            )
+        })
+    })
+    .transpose()
 }

@@ -166,6 +166,20 @@ const MIGRATIONS: &[&str] = &[
         name TEXT NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 4: images sent with messages. The bytes are files in `<data>/attachments/`, written and
+    // fsynced before the row; a message may only attach an upload of its own sender.
+    r#"
+    CREATE TABLE attachments (
+        id            TEXT PRIMARY KEY,
+        mime          TEXT NOT NULL,
+        bytes         INTEGER NOT NULL,
+        sha256        BLOB NOT NULL,
+        uploader      TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- The message's attachment (JSON of aisle_sync::Attachment), NULL for text only.
+    ALTER TABLE messages ADD COLUMN attachment TEXT;
+    "#,
 ];
 
 /// Number of migrations this binary knows.

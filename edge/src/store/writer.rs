@@ -19,8 +19,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::time::{Duration, Instant};
 
 use aisle_sync::{
-    Conversation, ConversationId, CustomerId, Event, EventId, EventKind, Fold, HlcClock, MessageId,
-    MessageRecord, Meta, Participant, ParticipantRecord, SCHEMA_VERSION, StaffId, Status,
+    Attachment, AttachmentId, Conversation, ConversationId, CustomerId, Event, EventId, EventKind,
+    Fold, HlcClock, MessageId, MessageRecord, Meta, Participant, ParticipantRecord, SCHEMA_VERSION,
+    StaffId, Status,
 };
 use lru::LruCache;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -70,6 +71,8 @@ pub struct SendCmd {
     pub actor: Actor,
     pub client_msg_id: String,
     pub body: String,
+    /// An upload of this sender's (`POST /api/attachments`), checked here.
+    pub attachment: Option<AttachmentId>,
     /// The sending connection: it gets the ack, not a copy of the message, and starts
     /// watching the conversation once the writer has checked it may.
     pub origin: Option<ConnId>,
@@ -468,6 +471,7 @@ fn apply(
                 cmd.actor,
                 cmd.client_msg_id,
                 cmd.body,
+                cmd.attachment,
                 origin,
                 out,
             );
@@ -778,6 +782,41 @@ fn flush_dirty(db: &Connection, state: &mut State) -> Result<Vec<ConversationId>
     Ok(changed)
 }
 
+/// The upload `id`, if `sender` made it: a message can only carry the sender's own image.
+fn own_attachment(
+    db: &Connection,
+    id: AttachmentId,
+    sender: &Participant,
+) -> Result<Attachment, ApiError> {
+    let row: Option<(String, i64)> = db
+        .prepare_cached("SELECT mime, bytes FROM attachments WHERE id = ?1 AND uploader = ?2")?
+        .query_row(params![id.to_string(), uploader_key(sender)], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    match row {
+        Some((mime, bytes)) => Ok(Attachment {
+            id,
+            mime,
+            bytes: bytes as u64,
+        }),
+        None => Err(ApiError::new(
+            Code::NotFound,
+            "no such attachment: upload it with POST /api/attachments first",
+        )),
+    }
+}
+
+/// Who uploaded an attachment, as stored in `attachments.uploader`.
+pub fn uploader_key(sender: &Participant) -> String {
+    match sender {
+        Participant::Customer(id) => format!("customer:{id}"),
+        Participant::Staff(id) => format!("staff:{id}"),
+        Participant::Bot => "bot".into(),
+        Participant::System => "system".into(),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn send(
     db: &Connection,
@@ -786,6 +825,7 @@ fn send(
     actor: Actor,
     client_msg_id: String,
     body: String,
+    attachment: Option<AttachmentId>,
     origin: Option<ConnId>,
     out: &mut Outbox,
 ) -> Result<Ack, ApiError> {
@@ -885,6 +925,15 @@ fn send(
         Actor::System => {}
     }
 
+    let attachment = match attachment {
+        Some(id) => Some(own_attachment(db, id, &actor.participant())?),
+        None => None,
+    };
+    let attachment_json = attachment
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(ApiError::internal)?;
     let hot = state.docs.get_mut(&conversation).expect("loaded above");
     let id = MessageId::from_ulid(
         state
@@ -896,8 +945,8 @@ fn send(
     let sender = actor.participant();
     let (sender_kind, sender_id) = participant_columns(&sender);
     db.prepare_cached(
-        "INSERT INTO messages (conversation, seq, id, client_msg_id, sender_kind, sender_id, body, sent_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO messages (conversation, seq, id, client_msg_id, sender_kind, sender_id, body, sent_at_ms, attachment)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         hot.rowid,
@@ -907,7 +956,8 @@ fn send(
         sender_kind,
         sender_id,
         body,
-        now as i64
+        now as i64,
+        attachment_json
     ])?;
     let record = MessageRecord {
         id,
@@ -915,6 +965,7 @@ fn send(
         sender,
         body,
         sent_at_ms: now,
+        attachment,
     };
     // Into the document at the end of the batch (`prepare`), in the same transaction.
     hot.pending_messages.push(record.clone());
@@ -933,6 +984,7 @@ fn send(
         sender: record.sender,
         body: record.body,
         sent_at_ms: now,
+        attachment: record.attachment.as_ref().map(Into::into),
     };
     let text = ServerFrame::Message {
         conversation_id: conversation,

@@ -1304,6 +1304,7 @@ mod tests {
                 sender,
                 body: body.into(),
                 sent_at_ms: at,
+                attachment: None,
             })
             .unwrap();
         };
@@ -1457,6 +1458,7 @@ mod tests {
             sender: Participant::Customer(customer),
             body: "stored before the projection existed".into(),
             sent_at_ms: 2_000,
+            attachment: None,
         })
         .unwrap();
         // As a hub of schema version 1 stored it: the document, no projection.

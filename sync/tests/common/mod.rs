@@ -88,6 +88,7 @@ pub fn arb_messages(max: usize) -> impl Strategy<Value = Vec<MessageRecord>> {
                 sender: Participant::Customer(CustomerId::from_ulid(Ulid(100))),
                 body,
                 sent_at_ms,
+                attachment: None,
             })
             .collect()
     })

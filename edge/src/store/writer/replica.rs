@@ -400,11 +400,17 @@ fn project(
     for message in delta.messages {
         let seq = hot.last_seq + 1;
         let (sender_kind, sender_id) = participant_columns(&message.sender);
+        let attachment_json = message
+            .attachment
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(ApiError::internal)?;
         let insert = |client_msg_id: &str| -> Result<usize, ApiError> {
             Ok(db
                 .prepare_cached(
-                    "INSERT INTO messages (conversation, seq, id, client_msg_id, sender_kind, sender_id, body, sent_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                    "INSERT INTO messages (conversation, seq, id, client_msg_id, sender_kind, sender_id, body, sent_at_ms, attachment)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
                 )?
                 .execute(params![
                     hot.rowid,
@@ -414,7 +420,8 @@ fn project(
                     sender_kind,
                     sender_id,
                     message.body,
-                    message.sent_at_ms as i64
+                    message.sent_at_ms as i64,
+                    attachment_json
                 ])?)
         };
         // A client id is unique per conversation only on the store that accepted the message
@@ -436,6 +443,7 @@ fn project(
             sender: message.sender,
             body: message.body,
             sent_at_ms: message.sent_at_ms,
+            attachment: message.attachment.as_ref().map(Into::into),
         };
         let text = ServerFrame::Message {
             conversation_id: id,
