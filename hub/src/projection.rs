@@ -75,6 +75,8 @@ pub struct MessageRow {
     pub sender_name: Option<String>,
     pub body: String,
     pub sent_at_ms: u64,
+    /// JSON of the message's [`aisle_sync::Attachment`], if it has one.
+    pub attachment: Option<String>,
     /// Always `None` for now (see [`ConversationFacts::intent`]): `MessageRecord` has no intent
     /// field yet, so a field written by a newer edge would be dropped when decoding.
     pub intent: Option<String>,
@@ -153,6 +155,10 @@ pub fn project(
                 sender_name: name_of(&m.sender),
                 body: m.body.clone(),
                 sent_at_ms: m.sent_at_ms,
+                attachment: m
+                    .attachment
+                    .as_ref()
+                    .and_then(|a| serde_json::to_string(a).ok()),
                 intent: None,
             }
         })

@@ -178,6 +178,10 @@ pub struct TranscriptMessage {
     pub body: String,
     pub sent_at_ms: u64,
     pub intent: Option<String>,
+    /// An image sent with the message: id, type and size; the bytes stay at the store
+    /// (`GET /api/attachments/{id}` there), so HQ shows that there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<aisle_sync::Attachment>,
 }
 
 /// A participant of a conversation.

@@ -141,6 +141,11 @@ CREATE TABLE handoffs (
     used_by       TEXT
 ) WITHOUT ROWID;
 "#,
+    // 4: images sent with messages (the bytes stay at the store that received them).
+    r#"
+-- JSON of aisle_sync::Attachment (id, mime, bytes), NULL for text only.
+ALTER TABLE messages ADD COLUMN attachment TEXT;
+"#,
 ];
 
 pub fn configure(conn: &Connection) -> Result<(), StoreError> {

@@ -797,7 +797,8 @@ fn write_projection(tx: &rusqlite::Transaction<'_>, p: &Projection) -> rusqlite:
     {
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO messages (id, conversation, store_id, sender_kind, sender_id, \
-             sender_name, body, sent_at_ms, intent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             sender_name, body, sent_at_ms, intent, attachment) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         for m in &p.messages {
             inserted += stmt.execute(params![
@@ -810,6 +811,7 @@ fn write_projection(tx: &rusqlite::Transaction<'_>, p: &Projection) -> rusqlite:
                 m.body,
                 m.sent_at_ms as i64,
                 m.intent,
+                m.attachment,
             ])?;
         }
     }
@@ -949,7 +951,7 @@ fn conversation_detail(
     let messages = {
         let mut stmt = tx.prepare(&format!(
             "SELECT m.id, m.sender_kind, m.sender_id, {SENDER_NAME}, m.body, m.sent_at_ms, \
-             m.intent FROM messages m {SENDER_JOIN} \
+             m.intent, m.attachment FROM messages m {SENDER_JOIN} \
              WHERE m.conversation = ?1 ORDER BY m.sent_at_ms, m.id"
         ))?;
         let rows = stmt.query_map([id], |r| {
@@ -963,6 +965,9 @@ fn conversation_detail(
                 body: r.get(4)?,
                 sent_at_ms: r.get::<_, i64>(5)?.max(0) as u64,
                 intent: r.get(6)?,
+                attachment: r
+                    .get::<_, Option<String>>(7)?
+                    .and_then(|json| serde_json::from_str(&json).ok()),
             })
         })?;
         rows.collect::<Result<Vec<_>, _>>()?
