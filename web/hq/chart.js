@@ -60,7 +60,7 @@ export function countTicks(max, count = 4) {
   return ticks;
 }
 
-const DURATION_STEPS = [100, 200, 500, 1e3, 2e3, 5e3, 10e3, 15e3, 30e3, 60e3, 120e3, 300e3, 600e3,
+const DURATION_STEPS = [10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 10e3, 15e3, 30e3, 60e3, 120e3, 300e3, 600e3,
   900e3, 1800e3, 3600e3, 7200e3, 3 * 3600e3, 6 * 3600e3, 12 * 3600e3, 24 * 3600e3, 48 * 3600e3];
 
 /** Ticks for a duration axis at steps people read (seconds, minutes, hours). */

@@ -22,6 +22,7 @@ let loadedAt = 0;
 let timer = null;
 let lastWidth = 0;
 let loadSeq = 0;
+let splitOpen = false; // the by-store / by-intent volume stays open across redraws
 const intentListeners = new Set();
 
 export function mountCharts(container) {
@@ -179,7 +180,10 @@ function renderVolume(width) {
   fill(el.volume,
     h("figcaption", {}, h("h3", {}, title), h("p", { class: "muted small" }, t("figures.volumeNote", { scope: scope() }))),
     svg,
-    h("details", { class: "split" }, h("summary", {}, t("figures.volumeSplit")), split));
+    h("details", {
+      class: "split", open: splitOpen,
+      on: { toggle: (e) => { splitOpen = e.target.open; } },
+    }, h("summary", {}, t("figures.volumeSplit")), split));
 }
 
 function renderDuration(figure, key, titleKey, noteKey, width) {

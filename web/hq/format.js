@@ -2,10 +2,10 @@
 
 import { t, lang, formatDateTime } from "/common/i18n.js";
 
-/** "1.5 s", "4 min 10 s", "2 h 5 min"; "—" when there is no value. */
+/** "350 ms", "1.5 s", "4 min 10 s", "2 h 5 min"; "—" when there is no value. */
 export function duration(ms) {
   if (ms === null || ms === undefined || !Number.isFinite(ms)) return t("none");
-  if (ms < 1000) return t("dur.s", { n: number(ms / 1000, 1) });
+  if (ms < 1000) return t("dur.ms", { n: number(Math.round(ms)) });
   const secs = Math.round(ms / 1000);
   if (secs < 60) return t("dur.s", { n: number(ms / 1000, secs < 10 ? 1 : 0) });
   const mins = Math.floor(secs / 60);
