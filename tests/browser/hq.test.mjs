@@ -277,6 +277,87 @@ test("HQ dashboard follows a Chinese browser", async () => {
   await page.context().close();
 });
 
+test("HQ dashboard: paging, images kept at the store, a store going offline", async () => {
+  assert.ok(conversationId, "the chat test ran first");
+  // 50 more conversations at the store: the list's first page (50) no longer holds them all.
+  const helper = await newPage(browser, { origins: [edge.url] });
+  await helper.page.goto(`${edge.url}/healthz`);
+  await helper.page.evaluate(openChats, 50);
+  await helper.page.context().close();
+  const token = await hub.login();
+  await eventually(async () => (await hubGet("/api/conversations?limit=200", token)).conversations.length === 51,
+    "51 conversations at the hub");
+
+  const { page, offOrigin, errors } = await newPage(browser, { origins: [hub.url], viewport: TABLET_LANDSCAPE });
+  const byId = (id) => page.getByTestId(id);
+  await page.goto(`${hub.url}/#conversations`);
+  await byId("login-username").fill("admin");
+  await byId("login-password").fill(HUB_ADMIN_PASSWORD);
+  await byId("login-submit").click();
+  await byId("conv-more").waitFor();
+  assert.equal(await byId("conv-row").count(), 50);
+  const first = page.locator(`[data-testid="conv-row"][data-conversation-id="${conversationId}"]`);
+  assert.equal(await first.count(), 0, "the oldest conversation is on the second page");
+  await byId("conv-more").click();
+  await first.waitFor();
+  assert.equal(await byId("conv-row").count(), 51);
+  assert.ok(await byId("conv-more").isHidden(), "no third page");
+
+  // Images: the hub's transcript will carry `attachment` (docs: the image stays at the store).
+  // One on this origin that loads is shown; one that does not load, and one on another origin
+  // (never requested), become the placeholder.
+  const png = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==", "base64");
+  await page.route("**/api/attachments/01JA4Q9J8N0P2Q4R6S8T0V2W4X", (route) => route.fulfill({ contentType: "image/png", body: png }));
+  await page.route(`**/api/conversations/${conversationId}`, async (route) => {
+    const res = await route.fetch();
+    const json = await res.json();
+    const urls = ["/api/attachments/01JA4Q9J8N0P2Q4R6S8T0V2W4X", "/api/attachments/01JA4QB7D1E3F5G7H9J1K3M5N7", "http://192.0.2.1/photo.png"];
+    json.messages.forEach((m, i) => { m.attachment = { id: `a${i}`, mime: "image/png", bytes: png.length, url: urls[i] }; });
+    await route.fulfill({ response: res, json });
+  });
+  await first.click();
+  const transcript = byId("transcript");
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="transcript"] .image-placeholder').length === 2);
+  assert.equal(await transcript.getByTestId("message-image").count(), 1);
+  assert.ok(await transcript.getByTestId("message-image").evaluate((img) => img.complete && img.naturalWidth === 1));
+  assert.deepEqual(await transcript.locator(".image-placeholder").allInnerTexts(), ["Image (kept at the store)", "Image (kept at the store)"]);
+
+  // The store goes away: after a reload (same tab, same session) it is offline.
+  await edge.stop();
+  await eventually(async () => !(await hubGet("/api/stores", token)).stores[0].online, "the hub to see store-a offline");
+  await byId("tab-overview").click();
+  await page.reload();
+  const online = page.locator('[data-testid="store-row"][data-store-id="store-a"] [data-testid="store-online"]');
+  await assertVisibleText(online, "Offline");
+  assert.equal(await online.getAttribute("data-online"), "false");
+
+  assert.deepEqual(offOrigin, []);
+  assert.deepEqual(errors, []);
+  await page.context().close();
+});
+
+/** Runs in a page on the edge's origin: `n` customers each open a chat and say hello. */
+async function openChats(n) {
+  const one = (i) => new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://${location.host}/ws`);
+    let id = null;
+    ws.onerror = reject;
+    ws.onopen = () => ws.send(JSON.stringify({ type: "hello", role: "customer", display_name: `Guest ${i}` }));
+    ws.onmessage = (e) => {
+      const f = JSON.parse(e.data);
+      if (f.type === "error") reject(new Error(`${f.code}: ${f.message}`));
+      else if (f.type === "welcome") ws.send(JSON.stringify({ type: "start", request_id: "s" }));
+      else if (f.type === "started") {
+        id = f.conversation_id;
+        ws.send(JSON.stringify({ type: "send", conversation_id: id, client_msg_id: "m", body: `Hello, question ${i}` }));
+      } else if (f.type === "ack") { ws.close(); resolve(id); }
+    };
+  });
+  const ids = [];
+  for (let i = 0; i < n; i += 10) ids.push(...await Promise.all(Array.from({ length: Math.min(10, n - i) }, (_, k) => one(i + k))));
+  return ids;
+}
+
 /** The transcript pane holds the whole conversation, in order, with sender kinds. */
 async function expectTranscript(page) {
   const messages = page.getByTestId("transcript").getByTestId("message");

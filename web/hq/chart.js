@@ -126,7 +126,7 @@ export function timeChart({ width, height = 230, title, desc, points, bar, point
 }
 
 /**
- * Horizontal bars in labelled groups: `groups` = [{ label, rows: [{ label, values: [..], tip }] }],
+ * Horizontal bars in labelled groups: `groups` = [{ label, rows: [{ label, sub, values: [..] }] }],
  * one bar per `series` entry in each row (null = no value). `format` writes a value,
  * `ticks(max)` gives the axis, `empty` is written in a row without values.
  */
@@ -149,7 +149,7 @@ export function barList({ width, title, desc, groups, series, format, ticks, axi
   const grid = s("g", { class: "grid" });
   for (const v of axisTicks) {
     grid.append(s("line", { x1: x(v), x2: x(v), y1: m.top, y2: m.top + bodyH }),
-      s("text", { x: x(v), y: m.top + bodyH + 16, class: "tick", "text-anchor": "middle" }, format(v)));
+      s("text", { x: x(v), y: m.top + bodyH + 16, class: "tick", "text-anchor": "middle" }, v === 0 ? "0" : format(v)));
   }
   svg.append(grid);
 
@@ -162,8 +162,10 @@ export function barList({ width, title, desc, groups, series, format, ticks, axi
       yPos += rowH;
     }
     for (const r of g.rows) {
-      svg.append(s("text", { x: m.left - 10, y: yPos + rowH / 2 + 4, class: "row-label", "text-anchor": "end" },
+      const labelY = yPos + rowH / 2 + (r.sub ? -2 : 4);
+      svg.append(s("text", { x: m.left - 10, y: labelY, class: "row-label", "text-anchor": "end" },
         clip(r.label, m.left - 24), s("title", {}, r.label)));
+      if (r.sub) svg.append(s("text", { x: m.left - 10, y: labelY + 15, class: "row-sub", "text-anchor": "end" }, r.sub));
       if (r.values.every((v) => v === null)) {
         svg.append(s("text", { x: m.left + 6, y: yPos + rowH / 2 + 4, class: "empty" }, empty));
       }

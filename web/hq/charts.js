@@ -210,12 +210,12 @@ function renderDuration(figure, key, titleKey, noteKey, width) {
 
 /** "By store" and "By intent" rows; `values(f)` picks the numbers of one entry of the figures. */
 function groups(values, counted, key) {
-  const label = (name, f) => (counted ? `${name} (${t("figures.n", { n: number(f[key].count) })})` : name);
+  const sub = (f) => (counted ? t("figures.n", { n: number(f[key].count) }) : null);
   const byStore = Object.entries(data.by_store || {})
     .sort(([a], [b]) => storeName(a).localeCompare(storeName(b)))
-    .map(([id, f]) => ({ label: label(storeName(id), f), values: values(f) }));
+    .map(([id, f]) => ({ label: storeName(id), sub: sub(f), values: values(f) }));
   const byIntent = Object.entries(data.by_intent || {})
     .sort(([a], [b]) => (a === "unknown") - (b === "unknown") || a.localeCompare(b))
-    .map(([intent, f]) => ({ label: label(intentName(intent), f), values: values(f) }));
+    .map(([intent, f]) => ({ label: intentName(intent), sub: sub(f), values: values(f) }));
   return [{ label: t("figures.byStore"), rows: byStore }, { label: t("figures.byIntent"), rows: byIntent }];
 }

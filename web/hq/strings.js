@@ -141,7 +141,7 @@ addStrings({
     "figures.durationAxis": "Time",
     "figures.byStore": "By store",
     "figures.byIntent": "By intent",
-    "figures.n": "n={n}",
+    "figures.n": "conversations: {n}",
     "figures.noData": "no data",
   },
   "zh-CN": {
@@ -281,7 +281,7 @@ addStrings({
     "figures.durationAxis": "用时",
     "figures.byStore": "按门店",
     "figures.byIntent": "按意图",
-    "figures.n": "{n} 个",
+    "figures.n": "{n} 个会话",
     "figures.noData": "无数据",
   },
 });
