@@ -196,6 +196,8 @@ test("HQ dashboard: stores, conversations, search, transcript, charts, both lang
   await page.waitForFunction(() => document.querySelectorAll('[data-testid="chart-volume"] svg line.tick-mark').length > 0
     && document.querySelector('[data-testid="chart-volume"] svg > desc').textContent.includes("Messages: 3;"));
   await page.getByRole("button", { name: "24 h" }).click();
+  await page.waitForFunction(() => document.querySelector('[data-testid="chart-volume"] svg line.tick-mark'));
+  await page.evaluate(() => window.scrollTo(0, 0));
   await screenshot(page, "hq-dashboard", { fullPage: true });
 
   // Language: English ⇄ Chinese, static and drawn text alike.

@@ -43,7 +43,7 @@ export function mountConversations(el) {
       controls.clear),
     controls.list,
     controls.more);
-  onStores(fillSelects);
+  onStores(() => { fillSelects(); render(); }); // names may arrive after the first page
   onLangChange(() => { fillSelects(); render(); });
   fillSelects();
   render();

@@ -31,7 +31,7 @@ export function mountSearch(el) {
     h("label", { for: "search-store", class: "field" }, h("span", { data: { i18n: "filter.store" } }, t("filter.store")), store),
     submit);
   fill(root, form, list);
-  onStores(fillControls);
+  onStores(() => { fillControls(); render(); });
   onLangChange(() => { fillControls(); render(); });
   fillControls();
   render();

@@ -24,6 +24,7 @@ export function storeName(id) {
   return s && s.name ? s.name : id;
 }
 
+/** `fn(stores)` runs when the set of stores or a name changes. */
 export function onStores(fn) { listeners.add(fn); }
 
 export function mountStores(el) {
@@ -46,15 +47,21 @@ export function stopStores() {
 async function load() {
   try {
     const res = await hq("/api/stores");
+    const before = names();
     stores = res.stores || [];
     loadedAt = Date.now();
     failed = null;
-    for (const fn of listeners) fn(stores);
+    // Others redraw only when a store or a name changed, not on every refresh.
+    if (names() !== before) for (const fn of listeners) fn(stores);
   } catch (err) {
     if (err.status === 401) return;
     failed = err;
   }
   render();
+}
+
+function names() {
+  return JSON.stringify(stores.map((x) => [x.id, x.name]));
 }
 
 function render() {

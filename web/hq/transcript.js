@@ -8,7 +8,7 @@
 import { t, onLangChange } from "/common/i18n.js";
 import { h, fill } from "./dom.js";
 import { hq } from "./session.js";
-import { storeName } from "./stores.js";
+import { storeName, onStores } from "./stores.js";
 import { dateTime, duration, statusName, intentName } from "./format.js";
 
 let pane = null;
@@ -24,6 +24,7 @@ export function mountTranscript(el) {
   body = h("div", { class: "transcript-body" });
   fill(pane, h("div", { class: "pane-head" }, h("h2", { data: { i18n: "transcript.title" } }, t("transcript.title")), close), body);
   onLangChange(render);
+  onStores(render);
   render();
 }
 
