@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { copyFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import {
-  ARTIFACTS, HUB_ADMIN_PASSWORD, REPO, TABLET_LANDSCAPE, launchBrowser, newPage, shot, startEdge, startHub,
+  ARTIFACTS, HUB_ADMIN_PASSWORD, REPO, TABLET_LANDSCAPE, TABLET_PORTRAIT, launchBrowser, newPage, shot, startEdge, startHub,
 } from "./lib/harness.mjs";
 
 const CUSTOMER_ZH = "你好，我想退货，这件外套太小了";
@@ -269,11 +269,24 @@ test("HQ dashboard: stores, conversations, search, transcript, charts, both lang
   await page.context().close();
 });
 
-test("HQ dashboard follows a Chinese browser", async () => {
-  const { page, offOrigin, errors } = await newPage(browser, { origins: [hub.url], locale: "zh-CN" });
-  await page.goto(`${hub.url}/`);
-  await assertVisibleText(page.getByTestId("login-submit"), "登录");
-  assert.equal(await page.getByTestId("lang-switch").inputValue(), "zh-CN");
+test("HQ dashboard on a Chinese tablet (portrait): transcript over the list", async () => {
+  const { page, offOrigin, errors } = await newPage(browser, { origins: [hub.url], locale: "zh-CN", viewport: TABLET_PORTRAIT });
+  const byId = (id) => page.getByTestId(id);
+  await page.goto(`${hub.url}/#conversations`);
+  await assertVisibleText(byId("login-submit"), "登录");
+  assert.equal(await byId("lang-switch").inputValue(), "zh-CN");
+  await byId("login-username").fill("admin");
+  await byId("login-password").fill(HUB_ADMIN_PASSWORD);
+  await byId("login-submit").click();
+  const row = page.locator(`[data-testid="conv-row"][data-conversation-id="${conversationId}"]`);
+  await row.waitFor();
+  assert.match(await row.innerText(), /已解决/);
+  assert.ok(await byId("transcript").isHidden(), "no empty pane beside the list on a narrow screen");
+  await row.click();
+  await expectTranscript(page, { customer: "顾客" });
+  await page.keyboard.press("Escape");
+  await byId("transcript").waitFor({ state: "hidden" });
+  await shot(page, "hq-tablet-conversations");
   assert.deepEqual(offOrigin, []);
   assert.deepEqual(errors, []);
   await page.context().close();
@@ -361,7 +374,7 @@ async function openChats(n) {
 }
 
 /** The transcript pane holds the whole conversation, in order, with sender kinds. */
-async function expectTranscript(page) {
+async function expectTranscript(page, { customer = "Customer" } = {}) {
   const messages = page.getByTestId("transcript").getByTestId("message");
   await page.waitForFunction(() => document.querySelectorAll('[data-testid="transcript"] [data-testid="message"]').length === 3);
   const bodies = await messages.getByTestId("message-body").allInnerTexts();
@@ -369,7 +382,7 @@ async function expectTranscript(page) {
   const kinds = await messages.evaluateAll((els) => els.map((el) => el.dataset.senderKind));
   assert.deepEqual(kinds, ["customer", "customer", "staff"]);
   const text = await page.getByTestId("transcript").innerText();
-  assert.match(text, /Customer/);
+  assert.ok(text.includes(customer), `sender kind shown: ${customer}`);
   assert.match(text, /Store admin/);
 }
 

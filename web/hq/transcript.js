@@ -15,6 +15,8 @@ let pane = null;
 let body = null;
 let state = null; // { id, data, error, highlight }
 let loadSeq = 0;
+let closeButton = null;
+const NARROW = "(max-width: 1000px)"; // as in hq.css: the pane is an overlay there
 const closeListeners = new Set();
 
 export function mountTranscript(el) {
@@ -22,7 +24,10 @@ export function mountTranscript(el) {
   const close = h("button", { class: "close", type: "button", on: { click: closeTranscript } }, t("transcript.close"));
   close.dataset.i18n = "transcript.close";
   body = h("div", { class: "transcript-body" });
-  fill(pane, h("div", { class: "pane-head" }, h("h2", { data: { i18n: "transcript.title" } }, t("transcript.title")), close), body);
+  fill(pane, h("div", { class: "pane-head" }, h("h2", { id: "transcript-heading", data: { i18n: "transcript.title" } }, t("transcript.title")), close), body);
+  // On a narrow screen the pane covers the list: Escape and the close button bring it back.
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && state) closeTranscript(); });
+  closeButton = close;
   onLangChange(render);
   onStores(render);
   render();
@@ -43,6 +48,7 @@ export async function openTranscript(id, { highlight = null } = {}) {
   state = { id, data: null, error: null, highlight };
   pane.classList.add("open");
   render();
+  if (window.matchMedia(NARROW).matches) closeButton.focus();
   try {
     const data = await hq(`/api/conversations/${encodeURIComponent(id)}`);
     if (seq !== loadSeq) return;
