@@ -226,6 +226,13 @@ test("HQ dashboard: stores, conversations, search, transcript, charts, both lang
   await byId("filter-store").selectOption("store-a");
   await byId("filter-intent").selectOption("unknown");
   await row.waitFor();
+  // Dates: a day long ago has nothing; today (in the browser's time zone) has the chat.
+  await byId("filter-from").fill("2001-02-03");
+  await byId("filter-to").fill("2001-02-03");
+  await assertVisibleText(page.locator("#conversations"), /No conversations match/);
+  const today = await page.evaluate(() => new Date().toLocaleDateString("sv")); // YYYY-MM-DD
+  await byId("filter-to").fill(today);
+  await row.waitFor();
   await row.click();
   await expectTranscript(page);
 

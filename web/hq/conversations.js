@@ -9,6 +9,7 @@ import { dateTime, statusName, intentName, number } from "./format.js";
 import { openTranscript, firstResponse } from "./transcript.js";
 
 const PAGE = 50;
+const STALE_MS = 60_000;
 const STATES = ["open", "queued", "assigned", "transferred", "snoozed", "reopened", "resolved"];
 
 let root = null;
@@ -18,6 +19,7 @@ let nextBefore = null;
 let loading = false;
 let error = null;
 let loaded = false;
+let loadedAt = 0;
 let selected = null;
 let knownIntents = ["unknown"];
 let loadSeq = 0;
@@ -57,9 +59,9 @@ export function setKnownIntents(intents) {
   fillSelects();
 }
 
-/** Shows the list, loading the first page the first time. */
+/** Shows the list: loads the first page the first time, and again when it is a minute old. */
 export function showConversations() {
-  if (!loaded) reload();
+  if (!loaded || Date.now() - loadedAt > STALE_MS) reload();
 }
 
 export function markSelected(id) {
@@ -102,9 +104,10 @@ function dayStart(value, plusDays = 0) {
 }
 
 function params() {
-  let from = dayStart(controls.from.value);
-  let to = dayStart(controls.to.value, 1); // the whole "to" day is included
-  if (from !== null && to !== null && from > to) [from, to] = [to, from];
+  let [first, last] = [controls.from.value, controls.to.value];
+  if (first && last && first > last) [first, last] = [last, first]; // ISO dates sort as text
+  const from = dayStart(first);
+  const to = dayStart(last, 1); // the whole "to" day is included
   return {
     store: controls.store.value,
     state: controls.state.value,
@@ -132,6 +135,7 @@ async function loadPage(more) {
     rows = more ? rows.concat(res.conversations) : res.conversations;
     nextBefore = res.next_before;
     loaded = true;
+    if (!more) loadedAt = Date.now();
   } catch (err) {
     if (seq !== loadSeq) return;
     error = err;
