@@ -36,6 +36,7 @@ export function mountTranscript(el) {
 export function onTranscriptClosed(fn) { closeListeners.add(fn); }
 
 export function closeTranscript() {
+  loadSeq++; // a load still on its way is dropped
   state = null;
   pane.classList.remove("open");
   render();
