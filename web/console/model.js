@@ -299,7 +299,9 @@ export class Model {
 
   /** Sends `read` for the last seq when it is past this staff member's cursor. */
   markRead(c) {
-    if (c.lastSeq > c.myRead) this.advanceMyRead(c, c.lastSeq, true);
+    if (c.lastSeq <= c.myRead) return;
+    this.advanceMyRead(c, c.lastSeq, true);
+    if (c.myRead === c.lastSeq) this.emit(null); // the unread badge in the list
   }
 
   advanceMyRead(c, seq, send) {

@@ -1,0 +1,460 @@
+// Browser tests of the staff console (web/console) against the real aisle-edge / aisle-hub.
+// The customer side is a raw WebSocket opened inside a page on the edge's own origin (the
+// customer chat page is built separately), so these tests depend only on the protocol.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import {
+  startEdge, startHub, launchBrowser, newPage, shot,
+  EDGE_ADMIN_PASSWORD, TABLET_LANDSCAPE, TABLET_PORTRAIT,
+} from "./lib/harness.mjs";
+
+let browser;
+before(async () => { browser = await launchBrowser(); });
+after(async () => { await browser?.close(); });
+
+/** Retries `fn` (an async assertion) until it passes or `timeout` ms have gone by. */
+async function eventually(fn, timeout = 10_000, interval = 100) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    try { return await fn(); } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, interval));
+    }
+  }
+}
+
+async function textOf(locator) { return (await locator.textContent() ?? "").trim(); }
+
+/** Waits until the element's text includes `expected`. */
+async function waitText(locator, expected, timeout = 10_000) {
+  await eventually(async () => {
+    const text = await textOf(locator);
+    assert.ok(text.includes(expected), `expected "${expected}" in "${text}"`);
+  }, timeout);
+}
+
+/** A customer: a raw protocol WebSocket inside a page of the edge's origin. */
+async function openCustomer(edge, name = "Lin") {
+  const p = await newPage(browser, { origins: [edge.url] });
+  await p.page.goto(`${edge.url}/healthz`);
+  await p.page.evaluate(() => new Promise((ok, fail) => {
+    window.__frames = [];
+    const ws = new WebSocket(`ws://${location.host}/ws`);
+    window.__ws = ws;
+    ws.onmessage = (e) => window.__frames.push(JSON.parse(e.data));
+    ws.onopen = ok;
+    ws.onerror = fail;
+  }));
+  const send = (frame) => p.page.evaluate((f) => window.__ws.send(JSON.stringify(f)), frame);
+  /** The first frame (after `from`) whose fields equal those of `match`. */
+  const waitFrame = async (match, { from = 0, timeout = 10_000 } = {}) => {
+    const handle = await p.page.waitForFunction(([m, start]) => window.__frames.slice(start).find(
+      (f) => Object.entries(m).every(([k, v]) => JSON.stringify(f[k]) === JSON.stringify(v))) || null,
+    [match, from], { timeout, polling: 50 });
+    return await handle.jsonValue();
+  };
+  const frameCount = () => p.page.evaluate(() => window.__frames.length);
+  await send({ type: "hello", role: "customer", display_name: name });
+  const welcome = await waitFrame({ type: "welcome" });
+  await send({ type: "start", request_id: "start-1", display_name: name });
+  const started = await waitFrame({ type: "started", request_id: "start-1" });
+  const conversationId = started.conversation_id;
+  let n = 0;
+  return {
+    ...p,
+    conversationId,
+    send,
+    waitFrame,
+    frameCount,
+    /** Sends a message and waits for its ack. */
+    async say(body) {
+      const client_msg_id = `cust-${Date.now()}-${n++}`;
+      await send({ type: "send", conversation_id: conversationId, client_msg_id, body });
+      return await waitFrame({ type: "ack", client_msg_id });
+    },
+    /** Waits for a staff message with this body. */
+    async heard(body, timeout) {
+      return await waitFrame({ type: "message", conversation_id: conversationId, body }, { timeout });
+    },
+    /** A new connection after the old one dropped: hello with the resume token, full resume. */
+    async reconnect() {
+      await p.page.evaluate(() => new Promise((ok, fail) => {
+        window.__frames = [];
+        const ws = new WebSocket(`ws://${location.host}/ws`);
+        window.__ws = ws;
+        ws.onmessage = (e) => window.__frames.push(JSON.parse(e.data));
+        ws.onopen = ok;
+        ws.onerror = fail;
+      }));
+      await send({ type: "hello", role: "customer", resume_token: welcome.resume_token });
+      await waitFrame({ type: "welcome" });
+      await send({ type: "resume", conversation_id: conversationId, after_seq: 0 });
+      await waitFrame({ type: "resumed", conversation_id: conversationId });
+      return await p.page.evaluate(() => window.__frames.filter((f) => f.type === "message"));
+    },
+    async close() { await p.context.close(); },
+  };
+}
+
+async function login(page, edge, username = "admin", password = EDGE_ADMIN_PASSWORD) {
+  await page.goto(`${edge.url}/`);
+  await page.getByTestId("login-username").fill(username);
+  await page.getByTestId("login-password").fill(password);
+  await page.getByTestId("login-submit").click();
+  await page.getByTestId("tab-queue").waitFor();
+  await eventually(async () => assert.equal(await page.locator("#conn-state").getAttribute("data-state"), "online"));
+}
+
+async function patchStaff(edge, id, body) {
+  const token = await edge.login();
+  const res = await fetch(`${edge.url}/api/staff/${id}`, {
+    method: "PATCH", headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` }, body: JSON.stringify(body),
+  });
+  const text = await res.text();
+  assert.equal(res.status, 200, text);
+  return JSON.parse(text).staff;
+}
+
+async function me(edge, token) {
+  const res = await fetch(`${edge.url}/api/me`, { headers: { Authorization: `Bearer ${token}` } });
+  return (await res.json()).staff;
+}
+
+const item = (page, id) => page.locator(`[data-testid="conv-item"][data-conversation-id="${id}"]`);
+
+/** Sends a reply from the console and waits until it is acknowledged (shown with its seq). */
+async function reply(page, text) {
+  await page.getByTestId("composer-input").fill(text);
+  await page.getByTestId("composer-send").click();
+  await page.locator('[data-testid="message"][data-sender-kind="staff"][data-seq]', { hasText: text }).waitFor();
+}
+
+function assertClean(...pages) {
+  for (const p of pages) {
+    assert.deepEqual(p.offOrigin, [], "no request may leave the origin");
+    assert.deepEqual(p.errors, [], "no page error");
+  }
+}
+
+test("login, a queued customer message, claim and reply; landscape and portrait", async () => {
+  const edge = await startEdge();
+  try {
+    // The admin is at capacity 0, so routing leaves the chat in the queue for a manual claim.
+    const admin = await me(edge, await edge.login());
+    await patchStaff(edge, admin.id, { capacity: 0 });
+
+    const staff = await newPage(browser, { origins: [edge.url], viewport: TABLET_LANDSCAPE });
+    const { page } = staff;
+    await page.goto(`${edge.url}/`);
+    await page.getByTestId("login-username").fill("admin");
+    await page.getByTestId("login-password").fill("not-the-password");
+    await page.getByTestId("login-submit").click();
+    await waitText(page.getByTestId("login-error"), "Wrong username or password");
+    assert.ok(await page.getByTestId("login-error").isVisible());
+    await login(page, edge);
+    assert.ok(!(await page.getByTestId("login-error").isVisible()));
+
+    const customer = await openCustomer(edge, "Lin");
+    await customer.say("Hello, do you have the blue trail shoe in size 40?");
+
+    await page.getByTestId("tab-queue").click();
+    const queued = item(page, customer.conversationId);
+    await queued.waitFor();
+    await waitText(queued.getByTestId("unread-count"), "1");
+    await waitText(page.getByTestId("tab-queue"), "1");
+    await waitText(queued.getByTestId("waiting-time"), "waiting");
+
+    await queued.click();
+    await waitText(page.getByTestId("conv-status"), "Queued");
+    await waitText(page.getByTestId("message-body").first(), "blue trail shoe");
+    await page.getByTestId("action-claim").click();
+    await waitText(page.getByTestId("conv-status"), "Assigned");
+    await waitText(page.getByTestId("tab-mine"), "1");
+    await waitText(page.getByTestId("tab-queue"), "0");
+
+    // The customer's typing shows in the console; the staff member's reaches the customer.
+    const before = await customer.frameCount();
+    await customer.send({ type: "typing", conversation_id: customer.conversationId, active: true });
+    await waitText(page.getByTestId("typing-indicator"), "Lin is typing");
+    await page.getByTestId("composer-input").pressSequentially("Yes");
+    await customer.waitFrame({ type: "typing", active: true }, { from: before });
+    await page.getByTestId("composer-input").fill("");
+
+    await reply(page, "Yes, we have it in blue, size 40.");
+    await customer.heard("Yes, we have it in blue, size 40.");
+    const staffRead = await customer.waitFrame({ type: "read", conversation_id: customer.conversationId });
+    assert.equal(staffRead.by.kind, "staff");
+
+    // The customer reads the reply: the console shows the receipt under it.
+    await customer.send({ type: "read", conversation_id: customer.conversationId, seq: 2 });
+    await page.getByTestId("read-receipt").first().waitFor();
+    await customer.say("Great! Can you hold a pair for me until 6 pm?");
+    await page.locator('[data-testid="message"][data-seq="3"]').waitFor();
+    await reply(page, "Of course — under which name?");
+    await customer.heard("Of course — under which name?");
+    await customer.say("Lin Wei. Thank you!");
+    await page.locator('[data-testid="message"][data-seq="5"]').waitFor();
+    // Open and visible: read at once, so no unread badge.
+    await waitText(item(page, customer.conversationId).getByTestId("unread-count"), "0");
+
+    // Every message exactly once, in order.
+    const seqs = await page.locator('[data-testid="message"][data-seq]').evaluateAll((els) => els.map((e) => Number(e.dataset.seq)));
+    assert.deepEqual(seqs, [1, 2, 3, 4, 5]);
+    assert.equal(await page.getByTestId("assist-panel").isVisible(), true);
+    await waitText(page.getByTestId("assist-panel"), "No suggestions yet");
+
+    await shot(page, "console-landscape");
+    await page.setViewportSize(TABLET_PORTRAIT);
+    await page.waitForTimeout(200);
+    await shot(page, "console-portrait");
+
+    assertClean(staff, customer);
+    await staff.context.close();
+    await customer.close();
+  } finally {
+    await edge.cleanup();
+  }
+});
+
+test("reconnect after an appliance restart: the pending reply is sent once, nothing missed", async () => {
+  const edge = await startEdge();
+  try {
+    const staff = await newPage(browser, { origins: [edge.url] });
+    const { page } = staff;
+    await login(page, edge);
+    const customer = await openCustomer(edge, "Wu");
+    await customer.say("Is the café upstairs open?");
+    await page.getByTestId("tab-mine").click();
+    await item(page, customer.conversationId).click();
+    await reply(page, "Let me check for you.");
+    await customer.heard("Let me check for you.");
+
+    await edge.stop();
+    await eventually(async () => assert.equal(await page.locator("#conn-state").getAttribute("data-state") === "online", false));
+    // Written while the appliance is down: shown at once as pending.
+    await page.getByTestId("composer-input").fill("Yes, it is open until 20:00.");
+    await page.getByTestId("composer-send").click();
+    await page.locator('[data-testid="message"][data-pending="true"]', { hasText: "until 20:00" }).waitFor();
+    await shot(page, "console-reconnecting");
+
+    await edge.start();
+    await eventually(async () => assert.equal(await page.locator("#conn-state").getAttribute("data-state"), "online"), 20_000);
+    await page.locator('[data-testid="message"][data-seq="3"]', { hasText: "until 20:00" }).waitFor({ timeout: 15_000 });
+
+    const history = await customer.reconnect();
+    assert.deepEqual(history.map((m) => m.seq), [1, 2, 3]);
+    assert.equal(history.filter((m) => m.body === "Yes, it is open until 20:00.").length, 1);
+    await customer.say("Perfect, thanks!");
+    await page.locator('[data-testid="message"][data-seq="4"]').waitFor();
+    const seqs = await page.locator('[data-testid="message"]').evaluateAll((els) => els.map((e) => e.dataset.seq));
+    assert.deepEqual(seqs, ["1", "2", "3", "4"]);
+
+    assertClean(staff, customer);
+    await staff.context.close();
+    await customer.close();
+  } finally {
+    await edge.cleanup();
+  }
+});
+
+test("transfer to a colleague, who sees it in my chats and resolves it", async () => {
+  const edge = await startEdge();
+  try {
+    const lina = await edge.createStaff({ username: "lina", name: "Li Na" });
+    const admin = await newPage(browser, { origins: [edge.url] });
+    await login(admin.page, edge);
+
+    // Only the admin is online: routing assigns the new chat to them.
+    const customer = await openCustomer(edge, "Mei");
+    await customer.say("I would like a refund for these headphones.");
+    await admin.page.getByTestId("tab-mine").click();
+    await item(admin.page, customer.conversationId).click();
+    await waitText(admin.page.getByTestId("conv-status"), "Assigned");
+    await reply(admin.page, "Let me get a colleague who handles refunds.");
+
+    const colleague = await newPage(browser, { origins: [edge.url], viewport: TABLET_PORTRAIT });
+    await login(colleague.page, edge, "lina", "staff-pass-1");
+    await colleague.page.getByTestId("tab-mine").click();
+    await waitText(colleague.page.getByTestId("tab-mine"), "0");
+
+    await admin.page.getByTestId("action-transfer").click();
+    const target = admin.page.getByTestId("transfer-target");
+    await target.waitFor();
+    await waitText(target.locator(`option[value="${lina.id}"]`), "Li Na (online");
+    await target.selectOption(lina.id);
+    await admin.page.locator("#transfer-note").fill("wants a refund");
+    await admin.page.getByTestId("transfer-confirm").click();
+    await waitText(admin.page.getByTestId("conv-status"), "Transferred");
+    await waitText(admin.page.getByTestId("conv-agent"), "Li Na");
+    const transferred = await customer.waitFrame({ type: "state", status: "transferred" });
+    assert.equal(transferred.agent.id, lina.id);
+
+    // The colleague has it in "My chats", with the whole history.
+    await waitText(colleague.page.getByTestId("tab-mine"), "1");
+    await item(colleague.page, customer.conversationId).click();
+    await waitText(colleague.page.getByTestId("conv-status"), "Transferred");
+    await colleague.page.locator('[data-testid="message"][data-seq="2"]').waitFor();
+    await waitText(colleague.page.locator('[data-testid="message"][data-seq="1"]'), "refund for these headphones");
+    await reply(colleague.page, "Hi Mei, I can do the refund at the service desk.");
+    await customer.heard("Hi Mei, I can do the refund at the service desk.");
+
+    await colleague.page.getByTestId("action-resolve").click();
+    await waitText(colleague.page.getByTestId("conv-status"), "Resolved");
+    const resolved = await customer.waitFrame({ type: "state", status: "resolved" });
+    assert.equal(resolved.conversation_id, customer.conversationId);
+    await waitText(colleague.page.getByTestId("tab-mine"), "0");
+    assert.ok(await colleague.page.getByTestId("action-reopen").isVisible());
+    await shot(colleague.page, "console-transfer-resolved");
+
+    assertClean(admin, colleague, customer);
+    await admin.context.close();
+    await colleague.context.close();
+    await customer.close();
+  } finally {
+    await edge.cleanup();
+  }
+});
+
+test("canned reply created on the admin page, chosen with / in the composer", async () => {
+  const edge = await startEdge();
+  try {
+    const staff = await newPage(browser, { origins: [edge.url] });
+    const { page } = staff;
+    await login(page, edge);
+
+    await page.getByTestId("nav-admin").click();
+    await page.getByTestId("admin-canned-shortcut").fill("hours");
+    await page.getByTestId("admin-canned-title").fill("Opening hours");
+    await page.getByTestId("admin-canned-body").fill("We are open 9:00–21:00 every day, holidays included.");
+    await page.getByTestId("admin-canned-create").click();
+    await waitText(page.getByTestId("admin-canned-list"), "/hours");
+    await page.getByTestId("admin-canned-shortcut").fill("returns");
+    await page.getByTestId("admin-canned-title").fill("Returns");
+    await page.getByTestId("admin-canned-body").fill("You can return unworn items within 30 days with the receipt.");
+    await page.getByTestId("admin-canned-create").click();
+    await waitText(page.getByTestId("admin-canned-list"), "/returns");
+    await shot(page, "console-admin");
+
+    await page.getByTestId("nav-console").click();
+    const customer = await openCustomer(edge, "Chen");
+    await customer.say("When are you open on Sunday?");
+    await page.getByTestId("tab-mine").click();
+    await item(page, customer.conversationId).click();
+    await waitText(page.getByTestId("conv-status"), "Assigned");
+
+    const input = page.getByTestId("composer-input");
+    await input.click();
+    await input.pressSequentially("/");
+    const menu = page.getByTestId("canned-menu");
+    await menu.waitFor();
+    await eventually(async () => assert.equal(await menu.getByTestId("canned-item").count(), 2));
+    await input.pressSequentially("hou");
+    await eventually(async () => assert.equal(await menu.getByTestId("canned-item").count(), 1));
+    await waitText(menu.getByTestId("canned-item").first(), "Opening hours");
+    await shot(page, "console-canned");
+    await input.press("Enter");
+    await eventually(async () => assert.equal(await input.inputValue(), "We are open 9:00–21:00 every day, holidays included."));
+    assert.ok(!(await menu.isVisible()));
+    await page.getByTestId("composer-send").click();
+    await customer.heard("We are open 9:00–21:00 every day, holidays included.");
+
+    // Tapping an item works too (arrow keys pick the second one first).
+    await input.pressSequentially("/");
+    await eventually(async () => assert.equal(await menu.getByTestId("canned-item").count(), 2));
+    await input.press("ArrowDown");
+    await eventually(async () => assert.equal(await menu.locator('[aria-selected="true"]').getAttribute("data-shortcut"), "returns"));
+    await menu.getByTestId("canned-item").nth(1).tap();
+    await eventually(async () => assert.equal(await input.inputValue(), "You can return unworn items within 30 days with the receipt."));
+
+    assertClean(staff, customer);
+    await staff.context.close();
+    await customer.close();
+  } finally {
+    await edge.cleanup();
+  }
+});
+
+test("hub banner while the regional hub is down; chatting keeps working", async () => {
+  const hub = await startHub();
+  const edge = await startEdge({ hub });
+  try {
+    const staff = await newPage(browser, { origins: [edge.url] });
+    const { page } = staff;
+    await login(page, edge);
+    const banner = page.getByTestId("hub-banner");
+    await eventually(async () => {
+      const health = await (await fetch(`${edge.url}/healthz`)).json();
+      assert.equal(health.hub.connected, true);
+    }, 20_000);
+    await eventually(async () => assert.equal(await banner.isVisible(), false), 10_000);
+
+    const customer = await openCustomer(edge, "Zhao");
+    await customer.say("Is the store open today?");
+    await page.getByTestId("tab-mine").click();
+    await item(page, customer.conversationId).click();
+    await reply(page, "Yes, until 21:00.");
+    await customer.heard("Yes, until 21:00.");
+
+    await hub.stop();
+    await banner.waitFor({ state: "visible", timeout: 20_000 });
+    await waitText(banner, "Regional hub unreachable");
+    await customer.say("Great, and do you have umbrellas?");
+    await waitText(page.locator('[data-testid="message"][data-seq="3"]'), "umbrellas");
+    await reply(page, "Yes, at the entrance.");
+    await customer.heard("Yes, at the entrance.");
+    await shot(page, "console-hub-down");
+
+    await hub.start();
+    await banner.waitFor({ state: "hidden", timeout: 30_000 });
+
+    assertClean(staff, customer);
+    await staff.context.close();
+    await customer.close();
+  } finally {
+    await edge.cleanup();
+    await hub.cleanup();
+  }
+});
+
+test("language switch: English by default, Chinese and back", async () => {
+  const edge = await startEdge();
+  try {
+    const staff = await newPage(browser, { origins: [edge.url], locale: "en-US" });
+    const { page } = staff;
+    await page.goto(`${edge.url}/`);
+    await waitText(page.getByTestId("login-submit"), "Sign in");
+    await waitText(page.locator("label[for=login-username]"), "Username");
+    await page.getByTestId("lang-switch").selectOption("zh-CN");
+    await waitText(page.getByTestId("login-submit"), "登录");
+    await waitText(page.locator("label[for=login-username]"), "用户名");
+    await waitText(page.locator(".login-card h1"), "店员登录");
+
+    await page.getByTestId("login-username").fill("admin");
+    await page.getByTestId("login-password").fill("wrong-password");
+    await page.getByTestId("login-submit").click();
+    await waitText(page.getByTestId("login-error"), "用户名或密码错误");
+    await login(page, edge);
+    await waitText(page.getByTestId("tab-queue"), "排队中");
+    await waitText(page.getByTestId("tab-mine"), "我的会话");
+    await waitText(page.getByTestId("logout"), "退出登录");
+    await waitText(page.getByTestId("nav-admin"), "门店管理");
+    await waitText(page.getByTestId("assist-panel"), "智能助手");
+    await shot(page, "console-zh");
+
+    await page.getByTestId("lang-switch").selectOption("en");
+    await waitText(page.getByTestId("tab-queue"), "Queue");
+    await waitText(page.getByTestId("tab-mine"), "My chats");
+    await waitText(page.getByTestId("logout"), "Sign out");
+    await waitText(page.getByTestId("nav-admin"), "Store admin");
+    // The choice is remembered across a reload.
+    await page.getByTestId("lang-switch").selectOption("zh-CN");
+    await page.reload();
+    await waitText(page.getByTestId("tab-queue"), "排队中");
+
+    assertClean(staff);
+    await staff.context.close();
+  } finally {
+    await edge.cleanup();
+  }
+});
