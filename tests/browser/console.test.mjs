@@ -4,6 +4,7 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import zlib from "node:zlib";
 import {
   startEdge, startHub, launchBrowser, newPage, shot,
   EDGE_ADMIN_PASSWORD, TABLET_LANDSCAPE, TABLET_PORTRAIT,
@@ -77,6 +78,15 @@ async function openCustomer(edge, name = "Lin") {
     async heard(body, timeout) {
       return await waitFrame({ type: "message", conversation_id: conversationId, body }, { timeout });
     },
+    /** Uploads an image as this customer (resume token as bearer); returns the attachment. */
+    async upload(bytes, mime) {
+      return await p.page.evaluate(async ([data, type, token]) => {
+        const res = await fetch("/api/attachments", {
+          method: "POST", headers: { "Content-Type": type, Authorization: `Bearer ${token}` }, body: new Uint8Array(data),
+        });
+        return { status: res.status, json: await res.json() };
+      }, [[...bytes], mime, welcome.resume_token]);
+    },
     /** A new connection after the old one dropped: hello with the resume token, full resume. */
     async reconnect() {
       await p.page.evaluate(() => new Promise((ok, fail) => {
@@ -119,6 +129,33 @@ async function patchStaff(edge, id, body) {
 async function me(edge, token) {
   const res = await fetch(`${edge.url}/api/me`, { headers: { Authorization: `Bearer ${token}` } });
   return (await res.json()).staff;
+}
+
+/** A small solid-colour PNG, made here so the test needs no fixture file. */
+function png(width, height, [r, g, b]) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k += 1) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (buf) => {
+    let c = 0xffffffff;
+    for (const byte of buf) c = crcTable[(c ^ byte) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4); len.writeUInt32BE(data.length);
+    const td = Buffer.concat([Buffer.from(type, "ascii"), data]);
+    const sum = Buffer.alloc(4); sum.writeUInt32BE(crc(td));
+    return Buffer.concat([len, td, sum]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0); ihdr.writeUInt32BE(height, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8);
+  const row = Buffer.concat([Buffer.from([0]), Buffer.from(Array.from({ length: width }, () => [r, g, b]).flat())]);
+  const raw = Buffer.concat(Array.from({ length: height }, () => row));
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk("IHDR", ihdr),
+    chunk("IDAT", zlib.deflateSync(raw)), chunk("IEND", Buffer.alloc(0))]);
 }
 
 const item = (page, id) => page.locator(`[data-testid="conv-item"][data-conversation-id="${id}"]`);
@@ -249,6 +286,61 @@ test("reconnect after an appliance restart: the pending reply is sent once, noth
     await page.locator('[data-testid="message"][data-seq="4"]').waitFor();
     const seqs = await page.locator('[data-testid="message"]').evaluateAll((els) => els.map((e) => e.dataset.seq));
     assert.deepEqual(seqs, ["1", "2", "3", "4"]);
+
+    assertClean(staff, customer);
+    await staff.context.close();
+    await customer.close();
+  } finally {
+    await edge.cleanup();
+  }
+});
+
+test("image attachments both ways, and a refused upload shown clearly", async () => {
+  const edge = await startEdge();
+  try {
+    const staff = await newPage(browser, { origins: [edge.url] });
+    const { page } = staff;
+    await login(page, edge);
+    const customer = await openCustomer(edge, "Sun");
+    await customer.say("Do you have this lamp?");
+    await page.getByTestId("tab-mine").click();
+    await item(page, customer.conversationId).click();
+
+    // The customer sends a photo.
+    const up = await customer.upload(png(64, 48, [220, 120, 30]), "image/png");
+    assert.equal(up.status, 201, JSON.stringify(up.json));
+    await customer.send({ type: "send", conversation_id: customer.conversationId, client_msg_id: "cust-photo", body: "", attachment_id: up.json.attachment.id });
+    await customer.waitFrame({ type: "ack", client_msg_id: "cust-photo" });
+    const theirs = page.locator('[data-testid="message"][data-seq="2"] [data-testid="message-image"]');
+    await theirs.waitFor();
+    assert.equal(await theirs.getAttribute("src"), up.json.attachment.url);
+    await eventually(async () => assert.ok(await theirs.evaluate((img) => img.complete && img.naturalWidth === 64)));
+
+    // The staff member answers with a photo and a caption.
+    await page.getByTestId("attach-input").setInputFiles({ name: "lamp.png", mimeType: "image/png", buffer: png(80, 60, [30, 120, 220]) });
+    await page.locator(".attachment-chip img").waitFor();
+    await page.getByTestId("composer-input").fill("This one, in blue?");
+    await page.getByTestId("composer-send").click();
+    const heard = await customer.heard("This one, in blue?");
+    assert.equal(heard.attachment.mime, "image/png");
+    const mine = page.locator('[data-testid="message"][data-seq="3"] [data-testid="message-image"]');
+    await mine.waitFor();
+    await eventually(async () => assert.ok(await mine.evaluate((img) => img.complete && img.naturalWidth === 80)));
+
+    // An image with no caption at all.
+    await page.getByTestId("attach-input").setInputFiles({ name: "dot.png", mimeType: "image/png", buffer: png(8, 8, [0, 0, 0]) });
+    await page.locator(".attachment-chip img").waitFor();
+    await page.getByTestId("composer-send").click();
+    const bare = await customer.waitFrame({ type: "message", seq: 4 });
+    assert.equal(bare.body, "");
+    assert.ok(bare.attachment && bare.attachment.id);
+    await page.locator('[data-testid="message"][data-seq="4"] [data-testid="message-image"]').waitFor();
+
+    // Not an image (whatever it claims): the server's 415 is shown, nothing is sent.
+    await page.getByTestId("attach-input").setInputFiles({ name: "fake.png", mimeType: "image/png", buffer: Buffer.from("not an image at all") });
+    await waitText(page.locator(".composer-error"), "Only PNG, JPEG, GIF and WebP");
+    await shot(page, "console-images");
+    assert.equal(await page.locator('[data-testid="message"]').count(), 4);
 
     assertClean(staff, customer);
     await staff.context.close();

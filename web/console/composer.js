@@ -208,7 +208,8 @@ export function mountComposer(root, model, { token }) {
     model.sendMessage(convId, body, sent);
     input.value = "";
     drafts.delete(convId);
-    attachment = null; // its blob preview stays valid for the pending bubble
+    if (attachment && attachment.preview) URL.revokeObjectURL(attachment.preview);
+    attachment = null; // the pending bubble shows the uploaded image by its server URL
     renderChip();
     showProblem("");
     typing(false);
