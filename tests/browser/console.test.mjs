@@ -99,8 +99,15 @@ async function openCustomer(edge, name = "Lin") {
       }));
       await send({ type: "hello", role: "customer", resume_token: welcome.resume_token });
       await waitFrame({ type: "welcome" });
-      await send({ type: "resume", conversation_id: conversationId, after_seq: 0 });
-      await waitFrame({ type: "resumed", conversation_id: conversationId });
+      // Follow `resumed.more` until the whole history is in.
+      let after = 0;
+      for (;;) {
+        const from = await frameCount();
+        await send({ type: "resume", conversation_id: conversationId, after_seq: after });
+        const resumed = await waitFrame({ type: "resumed", conversation_id: conversationId }, { from });
+        if (!resumed.more) break;
+        after = resumed.last_seq;
+      }
       return await p.page.evaluate(() => window.__frames.filter((f) => f.type === "message"));
     },
     async close() { await p.context.close(); },
@@ -255,7 +262,8 @@ test("login, a queued customer message, claim and reply; landscape and portrait"
 });
 
 test("reconnect after an appliance restart: the pending reply is sent once, nothing missed", async () => {
-  const edge = await startEdge();
+  // Two messages per resume at most: the console must follow `resumed.more` to get everything.
+  const edge = await startEdge({ env: { AISLE_LIMITS__MAX_HISTORY_FRAMES: "2" } });
   try {
     const staff = await newPage(browser, { origins: [edge.url] });
     const { page } = staff;
@@ -286,6 +294,13 @@ test("reconnect after an appliance restart: the pending reply is sent once, noth
     await page.locator('[data-testid="message"][data-seq="4"]').waitFor();
     const seqs = await page.locator('[data-testid="message"]').evaluateAll((els) => els.map((e) => e.dataset.seq));
     assert.deepEqual(seqs, ["1", "2", "3", "4"]);
+
+    // A reload keeps the session and loads the whole history again, page by page.
+    await page.reload();
+    await item(page, customer.conversationId).click();
+    await page.locator('[data-testid="message"][data-seq="4"]').waitFor();
+    const reloaded = await page.locator('[data-testid="message"]').evaluateAll((els) => els.map((e) => e.dataset.seq));
+    assert.deepEqual(reloaded, ["1", "2", "3", "4"]);
 
     assertClean(staff, customer);
     await staff.context.close();
@@ -506,6 +521,115 @@ test("hub banner while the regional hub is down; chatting keeps working", async 
   } finally {
     await edge.cleanup();
     await hub.cleanup();
+  }
+});
+
+test("lifecycle actions, an error frame, the customer's other chats, staff admin", async () => {
+  const edge = await startEdge();
+  try {
+    const staff = await newPage(browser, { origins: [edge.url] });
+    const { page } = staff;
+    await login(page, edge);
+    const customer = await openCustomer(edge, "Ana");
+    await customer.say("First visit: where are the fitting rooms?");
+    await page.getByTestId("tab-mine").click();
+    await item(page, customer.conversationId).click();
+    const status = page.getByTestId("conv-status");
+    await waitText(status, "Assigned");
+
+    // Snooze, then wake.
+    await page.getByTestId("action-snooze").click();
+    await page.getByTestId("snooze-15m").click();
+    await waitText(status, "Snoozed");
+    await waitText(page.getByTestId("conv-agent"), "Snoozed until");
+    await customer.waitFrame({ type: "state", status: "snoozed" });
+    await page.getByTestId("action-wake").click();
+    await eventually(async () => assert.notEqual(await textOf(status), "Snoozed"));
+
+    // Release to the queue (capacity 0, so routing leaves it there) and claim again.
+    const admin = await me(edge, await edge.login());
+    await patchStaff(edge, admin.id, { capacity: 0 });
+    await page.getByTestId("action-release").click();
+    await waitText(status, "Queued");
+    await waitText(page.getByTestId("tab-queue"), "1");
+    await page.getByTestId("action-claim").click();
+    await waitText(status, "Assigned");
+
+    // An error frame: too long a message is refused and shown on the message.
+    await page.getByTestId("composer-input").fill("x".repeat(4001));
+    await page.getByTestId("composer-send").click();
+    const failed = page.locator('[data-testid="message"][data-pending="true"]');
+    await waitText(failed, "Not sent: The message is too long");
+    await failed.getByRole("button", { name: "Dismiss" }).click();
+    await failed.waitFor({ state: "detached" });
+    await reply(page, "Fitting rooms are at the back, next to the shoes.");
+
+    // Resolve and reopen.
+    await page.getByTestId("action-resolve").click();
+    await waitText(status, "Resolved");
+    assert.ok(await page.getByTestId("composer-input").isDisabled());
+    await page.getByTestId("action-reopen").click();
+    await eventually(async () => assert.notEqual(await textOf(status), "Resolved"));
+    await page.getByTestId("action-claim").or(page.getByTestId("action-resolve")).first().waitFor();
+    if (await page.getByTestId("action-claim").isVisible()) await page.getByTestId("action-claim").click();
+    await page.getByTestId("action-resolve").click();
+    await waitText(status, "Resolved");
+
+    // The customer comes back with a new chat: the first one is in their history, read-only.
+    const firstId = customer.conversationId;
+    await customer.send({ type: "start", request_id: "start-2", display_name: "Ana" });
+    const second = await customer.waitFrame({ type: "started", request_id: "start-2" });
+    assert.notEqual(second.conversation_id, firstId);
+    await customer.send({ type: "send", conversation_id: second.conversation_id, client_msg_id: "second-1", body: "Second visit: do you sell gift cards?" });
+    await page.getByTestId("tab-queue").click();
+    await item(page, second.conversation_id).click();
+    const past = page.locator(`[data-testid="customer-history"] [data-conversation-id="${firstId}"]`);
+    await past.waitFor();
+    await past.click();
+    const dialog = page.locator("#transcript-dialog");
+    await waitText(dialog, "where are the fitting rooms");
+    await waitText(dialog, "Fitting rooms are at the back");
+    assert.equal(await dialog.locator("textarea, [data-testid^=action-]").count(), 0);
+    await shot(page, "console-customer-history");
+    await page.getByTestId("history-close").click();
+    await eventually(async () => assert.equal(await dialog.isVisible(), false));
+
+    // Staff admin: create, edit, reset the password, disable.
+    await page.getByTestId("nav-admin").click();
+    await page.getByTestId("admin-staff-username").fill("bo");
+    await page.getByTestId("admin-staff-name").fill("Bo Yang");
+    await page.getByTestId("admin-staff-password").fill("bo-password-1");
+    await page.getByTestId("admin-staff-capacity").fill("5");
+    await page.getByTestId("admin-staff-create").click();
+    const row = page.locator('[data-testid="admin-staff-row"][data-username="bo"]');
+    await waitText(row, "Bo Yang");
+    await row.getByTestId("admin-staff-edit").click();
+    await row.getByTestId("admin-staff-edit-name").fill("Bo Yang (floor 2)");
+    await row.getByTestId("admin-staff-edit-capacity").fill("3");
+    await row.getByTestId("admin-staff-save").click();
+    await waitText(row, "Bo Yang (floor 2)");
+    await row.getByTestId("admin-staff-reset").click();
+    await row.getByTestId("admin-staff-new-password").fill("bo-password-2");
+    await row.getByTestId("admin-staff-reset-save").click();
+    await row.getByTestId("admin-staff-new-password").waitFor({ state: "detached" });
+    await waitText(page.getByTestId("admin-staff-message"), "Saved");
+    assert.ok(await edge.login("bo", "bo-password-2"));
+    await row.getByTestId("admin-staff-disable").click();
+    await waitText(row, "Disabled");
+    await row.getByTestId("admin-staff-enable").waitFor();
+    // A taken username is refused clearly.
+    await page.getByTestId("admin-staff-username").fill("bo");
+    await page.getByTestId("admin-staff-name").fill("Another Bo");
+    await page.getByTestId("admin-staff-password").fill("bo-password-3");
+    await page.getByTestId("admin-staff-create").click();
+    await waitText(page.getByTestId("admin-staff-message"), "That username is taken");
+    await shot(page, "console-admin-staff");
+
+    assertClean(staff, customer);
+    await staff.context.close();
+    await customer.close();
+  } finally {
+    await edge.cleanup();
   }
 });
 

@@ -6,7 +6,7 @@ import { api } from "/common/api.js";
 import { t, onLangChange } from "/common/i18n.js";
 import { h, replace } from "./dom.js";
 
-export function mountAdmin(root, { token, onCannedChanged }) {
+export function mountAdmin(root, { token, me, onCannedChanged }) {
   let staff = [];
   let canned = [];
   let editingStaff = null; // id
@@ -97,7 +97,7 @@ export function mountAdmin(root, { token, onCannedChanged }) {
       h("td", {}, String(s.open_chats ?? 0)),
       h("td", { class: "row-actions" },
         h("button", { type: "button", testid: "admin-staff-edit", onclick: () => { editingStaff = s.id; resettingStaff = null; render(); } }, t("admin.staff.edit")),
-        h("button", {
+        s.id === me.id ? null : h("button", { // disabling yourself would end this very session
           type: "button", testid: s.disabled ? "admin-staff-enable" : "admin-staff-disable", class: s.disabled ? "" : "danger",
           onclick: () => run("staff", () => api(`/api/staff/${s.id}`, { method: "PATCH", token, body: { disabled: !s.disabled } })),
         }, t(s.disabled ? "admin.staff.enable" : "admin.staff.disable")),
