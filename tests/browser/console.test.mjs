@@ -401,6 +401,8 @@ test("transfer to a colleague, who sees it in my chats and resolves it", async (
     await waitText(colleague.page.getByTestId("tab-mine"), "1");
     await item(colleague.page, customer.conversationId).click();
     await waitText(colleague.page.getByTestId("conv-status"), "Transferred");
+    await waitText(colleague.page.getByTestId("conv-agent"), "from Store admin");
+    await waitText(colleague.page.getByTestId("conv-agent"), "Note: wants a refund");
     await colleague.page.locator('[data-testid="message"][data-seq="2"]').waitFor();
     await waitText(colleague.page.locator('[data-testid="message"][data-seq="1"]'), "refund for these headphones");
     await reply(colleague.page, "Hi Mei, I can do the refund at the service desk.");

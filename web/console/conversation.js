@@ -169,6 +169,7 @@ export function mountConversation(root, model, { token, staffName, onActed }) {
         h("span", { class: "agent-line muted", testid: "conv-agent" },
           agent,
           c.previousAgent && c.status === "transferred" ? ` · ${t("conv.previous_agent", { name: c.previousAgent.name })}` : "",
+          c.transferNote && c.status === "transferred" ? ` · ${t("conv.transfer_note", { note: c.transferNote })}` : "",
           c.snoozedUntil && c.status === "snoozed" ? ` · ${t("conv.snoozed_until", { time: formatDateTime(c.snoozedUntil) })}` : "")),
       h("div", { class: "actions" }, actions(c)),
       panel === "transfer" ? transferPanel() : null,

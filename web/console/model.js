@@ -161,7 +161,7 @@ export class Model {
     c.snoozedUntil = f.snoozed_until_ms || null;
     c.version = f.version;
     if (this.isQueued(c) && !wasQueued) c.queuedAt = Date.now();
-    if (f.event && f.event.kind === "transfer" && f.event.note) c.transferNote = f.event.note;
+    if (f.event && f.event.kind === "transfer") c.transferNote = f.event.note || null;
     const relevant = this.isQueued(c) || this.isMine(c);
     if (relevant) c.listed = true;
     if (!known || !c.customer) this.fetchSummary(c);
@@ -282,6 +282,9 @@ export class Model {
       if (s.customer) c.customer = s.customer;
       c.createdAt = s.created_at_ms ?? c.createdAt;
       c.lastMessageAt = s.last_message_at_ms ?? c.lastMessageAt;
+      // The note of the latest transfer, for a chat opened after the live `state` went by.
+      const transfer = (res.events || []).filter((e) => e.applied && e.kind && e.kind.kind === "transfer").pop();
+      if (transfer && transfer.kind.note && !c.transferNote) c.transferNote = transfer.kind.note;
       this.emit(c.id);
     } catch { /* the list shows it without a name until the next welcome */ }
     c.fetchingSummary = false;
