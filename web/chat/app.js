@@ -9,6 +9,7 @@ import { ChatSession } from "./session.js";
 import { ChatView } from "./view.js";
 import { HandoffPanel, codeFromPath, normalizeCode, redeem, redeemErrorText } from "./handoff.js";
 import { uploadImage } from "./attach.js";
+import { isKiosk, watchIdle } from "./kiosk.js";
 
 /** After this long without a keystroke the staff's "typing…" line is switched off. */
 const TYPING_IDLE_MS = 4_000;
@@ -32,6 +33,8 @@ const codeSubmit = $("[data-testid=handoff-submit]");
 const codeError = $("#code-error");
 
 if (new URLSearchParams(location.search).has("embed")) document.body.classList.add("embedded");
+const kiosk = isKiosk();
+if (kiosk) document.body.classList.add("kiosk");
 $(".lang-slot").append(langSwitch());
 applyTranslations();
 
@@ -63,6 +66,7 @@ function renderConn() {
 // ---- session → page ----
 
 session.on("status", renderConn);
+session.on("reset", () => { view.events = []; });
 session.on("messages", () => { view.render(); markRead(); });
 session.on("state", (frame, previous) => view.stateChanged(frame, previous));
 session.on("typing", (frame) => view.setTyping(frame));
@@ -131,14 +135,15 @@ $("#code-form").addEventListener("submit", (e) => {
   e.preventDefault();
   useCode(codeInput.value);
 });
-$("#have-code").addEventListener("click", () => { showStart({ codeOnly: true }); codeInput.focus(); });
+$("#have-code").addEventListener("click", () => { panel.close(); showStart({ codeOnly: true }); codeInput.focus(); });
 $("#code-back").addEventListener("click", showChat);
-$("#leave").addEventListener("click", () => {
-  if (!confirm(t("leave.confirm"))) return;
+function leave() {
+  panel.close();
   session.forget();
-  view.events = [];
   showStart();
-});
+}
+$("#leave").addEventListener("click", () => { if (kiosk || confirm(t("leave.confirm"))) leave(); });
+if (kiosk) watchIdle(leave, () => session.hasToken);
 $("[data-testid=handoff-open]").addEventListener("click", () => panel.open());
 
 // ---- composer ----
@@ -197,7 +202,7 @@ $("[data-testid=attach-input]").addEventListener("change", (e) => {
   e.target.value = "";
   for (const file of files) {
     const preview = URL.createObjectURL(file);
-    session.send("", { upload: uploadImage(file, session.data.token), preview });
+    session.send("", { upload: uploadImage(file, session.data.token), preview, fileName: file.name });
   }
   view.render({ follow: true });
 });

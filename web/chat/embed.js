@@ -30,7 +30,8 @@
     ".panel { position: fixed; right: 20px; bottom: 20px; z-index: 2147483647; width: 380px; height: min(640px, calc(100vh - 40px));",
     "  border-radius: 14px; overflow: hidden; background: #fff; box-shadow: 0 8px 32px rgba(0,0,0,.3); display: flex; flex-direction: column; }",
     ".panel[hidden], .open[hidden] { display: none; }",
-    ".bar { display: flex; justify-content: flex-end; background: #0f6fde; }",
+    ".bar { display: flex; align-items: center; background: #0f6fde; color: #fff; font: 600 15px system-ui, -apple-system, 'Segoe UI', 'PingFang SC', 'Microsoft YaHei', sans-serif; }",
+    ".bar span { flex: 1; padding: 0 16px; }",
     ".close { min-width: 44px; min-height: 44px; border: none; background: transparent; color: #fff; font: 28px/1 system-ui, sans-serif; cursor: pointer; }",
     "iframe { flex: 1; width: 100%; border: 0; }",
     "@media (max-width: 600px) { .panel { inset: 0; right: 0; bottom: 0; width: 100%; height: 100%; border-radius: 0; } }"
@@ -63,6 +64,9 @@
   close.setAttribute("data-testid", "embed-close");
   close.setAttribute("aria-label", closeLabel);
   close.textContent = "×";
+  var title = document.createElement("span");
+  title.textContent = label;
+  bar.appendChild(title);
   bar.appendChild(close);
   panel.appendChild(bar);
 

@@ -7,7 +7,8 @@
 // the server answers with the original ack instead of storing a copy.
 //
 // The session owns the data (see storage.js) and tells the page what changed through `on()`
-// listeners: "status", "messages", "state", "typing", "read", "error", "expired".
+// listeners: "status", "messages", "state", "typing", "read", "ready", "reset" (another
+// conversation from now on), "error", "expired".
 
 import { wsUrl } from "/common/api.js";
 import * as storage from "./storage.js";
@@ -99,6 +100,7 @@ export class ChatSession {
     this.drop();
     this.data = storage.clear();
     this.conv = null;
+    this.emit("reset");
     this.emit("messages");
     this.emit("state", null);
   }
@@ -113,6 +115,7 @@ export class ChatSession {
       this.data.messages = [];
       this.data.outbox = [];
       this.data.staffRead = 0;
+      this.emit("reset");
     }
     this.data.token = resume_token;
     this.data.customerId = customer_id;
@@ -269,6 +272,7 @@ export class ChatSession {
       this.readSent = 0;
       this.conv = null;
       this.persist();
+      this.emit("reset");
       this.emit("messages");
     }
     // `started` subscribes; the resume brings any earlier history (an existing open chat).
@@ -284,7 +288,8 @@ export class ChatSession {
     if (f.more) { this.resume(); return; }
     this.ready = true;
     this.readSent = 0;
-    for (const item of this.data.outbox) this.transmit(item);
+    // Resend what was not acknowledged; a message the server refused for good waits for a tap.
+    for (const item of this.data.outbox) if (!item.failed || item.failed === "timeout" || TRANSIENT.has(item.failed)) this.transmit(item);
     this.emit("ready");
   }
 
@@ -318,7 +323,11 @@ export class ChatSession {
 
   unqueue(clientMsgId) {
     const i = this.data.outbox.findIndex((x) => x.client_msg_id === clientMsgId);
-    if (i >= 0) this.data.outbox.splice(i, 1);
+    if (i >= 0) {
+      const [item] = this.data.outbox.splice(i, 1);
+      // The local preview is no longer shown (the server's copy is, or nothing): free it.
+      if (item.preview) setTimeout(() => URL.revokeObjectURL(item.preview), 5_000);
+    }
     clearTimeout(this.ackTimers.get(clientMsgId));
     this.ackTimers.delete(clientMsgId);
   }
@@ -347,6 +356,7 @@ export class ChatSession {
       this.data.conversationId = null;
       this.data.messages = [];
       this.persist();
+      this.emit("reset");
       this.emit("messages");
       this.raw({ type: "start", request_id: newId(), ...(this.data.name ? { display_name: this.data.name } : {}) });
       return;
@@ -375,11 +385,12 @@ export class ChatSession {
    * Queues a message; returns its outbox entry. With `upload` (a promise of the attachment
    * the image upload returns), the send waits for the upload and fails with its error code.
    */
-  send(body, { upload, preview } = {}) {
+  send(body, { upload, preview, fileName } = {}) {
     const item = { client_msg_id: newId(), body, attachment_id: null, attachment: null, created_ms: Date.now(), failed: null };
     if (upload) {
       item.uploading = true;
       item.preview = preview || null; // a blob: URL, shown until the server's copy is known
+      item.fileName = fileName || "";
     }
     this.data.outbox.push(item);
     this.persist();

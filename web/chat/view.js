@@ -86,7 +86,7 @@ export class ChatView {
     for (const o of s.outbox) {
       out.push({
         type: "message", key: "c:" + o.client_msg_id, own: true, kind: "customer", seq: null, body: o.body,
-        attachment: o.attachment, preview: o.preview, at: o.created_ms, clientMsgId: o.client_msg_id,
+        attachment: o.attachment, preview: o.uploadFailed ? null : o.preview, fileName: o.uploadFailed ? o.fileName : null, at: o.created_ms, clientMsgId: o.client_msg_id,
         status: o.uploading ? "uploading" : o.failed ? "failed" : "pending", failed: o.failed, uploadFailed: !!o.uploadFailed,
       });
     }
@@ -139,6 +139,7 @@ export class ChatView {
       img.addEventListener("load", () => { if (this.followImages) this.scrollToBottom(); });
       bubble.append(item.attachment ? el("a", { href: item.attachment.url, target: "_blank", rel: "noopener" }, img) : img);
     }
+    if (item.fileName) bubble.append(el("p", { class: "file", text: item.fileName }));
     if (item.body) bubble.append(el("p", { "data-testid": "message-body", class: "body", text: item.body }));
 
     const meta = el("div", { class: "meta" });
