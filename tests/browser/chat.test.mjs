@@ -284,6 +284,14 @@ test("hand-off: a code and QR on one phone; the link and the typed code open the
     assert.deepEqual((await transcript(p4)).map(([seq]) => seq), [1, 2, 3, 4, 5]);
     await waitText(p4.locator('[data-testid="message"][data-seq="4"]'), "Hello from my other phone");
 
+    // From inside a chat, the hand-off sheet leads to the code form and back.
+    await p2.getByTestId("handoff-open").click();
+    await p2.locator("#have-code").click();
+    await p2.getByTestId("handoff-input").waitFor({ state: "visible" });
+    assert.equal(await p2.getByTestId("chat-start").isVisible(), false);
+    await p2.locator("#code-back").click();
+    await p2.getByTestId("composer-input").waitFor({ state: "visible" });
+
     assertClean(first, second, third, fourth, staff);
     for (const p of [first, second, third, fourth, staff]) await p.context.close();
   } finally {
@@ -291,7 +299,7 @@ test("hand-off: a code and QR on one phone; the link and the typed code open the
   }
 });
 
-test("hand-off: an expired code is explained", async () => {
+test("hand-off: an expired code is explained, in the browser's language", async () => {
   const edge = await startEdge({ env: { AISLE_HANDOFF_TTL_SECS: "1" } });
   try {
     const first = await startCustomer(edge, "Ma");
@@ -301,8 +309,10 @@ test("hand-off: an expired code is explained", async () => {
     await eventually(async () => assert.match(((await codeEl.textContent()) ?? "").trim(), /^[0-9A-Z]{8}$/));
     const code = ((await codeEl.textContent()) ?? "").trim();
     await new Promise((r) => setTimeout(r, 1_500));
-    const other = await openPhone(edge, `/h/${code}`);
-    await waitText(other.page.locator("#code-error"), "expired");
+    // A phone set to Chinese: the page follows the browser's language.
+    const other = await openPhone(edge, `/h/${code}`, { locale: "zh-CN" });
+    await waitText(other.page.locator("#code-error"), "此代码已过期");
+    await waitText(other.page.getByTestId("chat-start"), "开始聊天");
     assertClean(first, other);
     await first.context.close();
     await other.context.close();

@@ -66,7 +66,7 @@ function renderConn() {
 // ---- session → page ----
 
 session.on("status", renderConn);
-session.on("reset", () => { view.events = []; });
+session.on("reset", () => { view.events = []; panel.forget(); });
 session.on("messages", () => { view.render(); markRead(); });
 session.on("state", (frame, previous) => view.stateChanged(frame, previous));
 session.on("typing", (frame) => view.setTyping(frame));

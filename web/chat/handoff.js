@@ -66,6 +66,12 @@ export class HandoffPanel {
     if (!this.current || this.current.expires_at_ms <= Date.now()) this.request();
   }
 
+  /** Another conversation now: the code on screen is not for it. */
+  forget() {
+    this.current = null;
+    this.close();
+  }
+
   close() {
     this.root.classList.add("hidden");
     clearInterval(this.tick);
