@@ -670,6 +670,13 @@ test("language switch: English by default, Chinese and back", async () => {
     await page.reload();
     await waitText(page.getByTestId("tab-queue"), "排队中");
 
+    // Signing out returns to the login, and a reload does not sign back in.
+    await page.getByTestId("logout").click();
+    await waitText(page.getByTestId("login-submit"), "登录");
+    await page.reload();
+    await page.getByTestId("login-submit").waitFor();
+    assert.equal(await page.getByTestId("tab-queue").isVisible(), false);
+
     assertClean(staff);
     await staff.context.close();
   } finally {
