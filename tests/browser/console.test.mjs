@@ -220,7 +220,9 @@ test("login, a queued customer message, claim and reply; landscape and portrait"
     // The customer's typing shows in the console; the staff member's reaches the customer.
     const before = await customer.frameCount();
     await customer.send({ type: "typing", conversation_id: customer.conversationId, active: true });
+    assert.equal(await page.getByTestId("typing-indicator").isVisible(), false);
     await waitText(page.getByTestId("typing-indicator"), "Lin is typing");
+    assert.equal(await page.getByTestId("typing-indicator").isVisible(), true);
     await page.getByTestId("composer-input").pressSequentially("Yes");
     await customer.waitFrame({ type: "typing", active: true }, { from: before });
     await page.getByTestId("composer-input").fill("");
