@@ -219,13 +219,16 @@ test("login, a queued customer message, claim and reply; landscape and portrait"
 
     // The customer's typing shows in the console; the staff member's reaches the customer.
     const before = await customer.frameCount();
-    await customer.send({ type: "typing", conversation_id: customer.conversationId, active: true });
     assert.equal(await page.getByTestId("typing-indicator").isVisible(), false);
+    await customer.send({ type: "typing", conversation_id: customer.conversationId, active: true });
     await waitText(page.getByTestId("typing-indicator"), "Lin is typing");
     assert.equal(await page.getByTestId("typing-indicator").isVisible(), true);
     await page.getByTestId("composer-input").pressSequentially("Yes");
     await customer.waitFrame({ type: "typing", active: true }, { from: before });
     await page.getByTestId("composer-input").fill("");
+    await customer.waitFrame({ type: "typing", active: false }, { from: before });
+    await customer.send({ type: "typing", conversation_id: customer.conversationId, active: false });
+    await eventually(async () => assert.equal(await page.getByTestId("typing-indicator").isVisible(), false));
 
     await reply(page, "Yes, we have it in blue, size 40.");
     await customer.heard("Yes, we have it in blue, size 40.");
