@@ -219,11 +219,16 @@ test("login, a queued customer message, claim and reply; landscape and portrait"
 
     // The customer's typing shows in the console; the staff member's reaches the customer.
     const before = await customer.frameCount();
+    assert.equal(await page.getByTestId("typing-indicator").isVisible(), false);
     await customer.send({ type: "typing", conversation_id: customer.conversationId, active: true });
     await waitText(page.getByTestId("typing-indicator"), "Lin is typing");
+    assert.equal(await page.getByTestId("typing-indicator").isVisible(), true);
     await page.getByTestId("composer-input").pressSequentially("Yes");
     await customer.waitFrame({ type: "typing", active: true }, { from: before });
     await page.getByTestId("composer-input").fill("");
+    await customer.waitFrame({ type: "typing", active: false }, { from: before });
+    await customer.send({ type: "typing", conversation_id: customer.conversationId, active: false });
+    await eventually(async () => assert.equal(await page.getByTestId("typing-indicator").isVisible(), false));
 
     await reply(page, "Yes, we have it in blue, size 40.");
     await customer.heard("Yes, we have it in blue, size 40.");
@@ -669,6 +674,13 @@ test("language switch: English by default, Chinese and back", async () => {
     await page.getByTestId("lang-switch").selectOption("zh-CN");
     await page.reload();
     await waitText(page.getByTestId("tab-queue"), "排队中");
+
+    // Signing out returns to the login, and a reload does not sign back in.
+    await page.getByTestId("logout").click();
+    await waitText(page.getByTestId("login-submit"), "登录");
+    await page.reload();
+    await page.getByTestId("login-submit").waitFor();
+    assert.equal(await page.getByTestId("tab-queue").isVisible(), false);
 
     assertClean(staff);
     await staff.context.close();

@@ -5,6 +5,12 @@
 import { t, onLangChange } from "/common/i18n.js";
 import { h, replace } from "./dom.js";
 
+/** Confidence as a whole percentage, whether it comes as 0–1 or already as 0–100. */
+function percent(confidence) {
+  const p = confidence <= 1 ? confidence * 100 : confidence;
+  return Math.round(Math.max(0, Math.min(100, p)));
+}
+
 export function mountAssist(root, model, { onSuggestion }) {
   let convId = null;
 
@@ -14,7 +20,7 @@ export function mountAssist(root, model, { onSuggestion }) {
     const parts = [h("h2", { id: "assist-heading" }, t("assist.heading"))];
     if (a.intent) {
       parts.push(h("p", { class: "intent", testid: "assist-intent" },
-        t("assist.intent", { intent: a.intent, confidence: Math.round(Math.max(0, Math.min(1, a.confidence)) * 100) })));
+        t("assist.intent", { intent: a.intent, confidence: percent(a.confidence) })));
     }
     if (a.suggestions.length) {
       parts.push(h("h3", { class: "muted", style: "font-size:.9rem;margin:4px 0" }, t("assist.suggestions")),

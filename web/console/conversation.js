@@ -4,7 +4,7 @@
 // (a store chat is short) while the composer keeps its own state.
 
 import { api } from "/common/api.js";
-import { t, onLangChange, formatTime, formatDateTime } from "/common/i18n.js";
+import { t, lang, onLangChange, formatTime, formatDateTime } from "/common/i18n.js";
 import { h, replace } from "./dom.js";
 import { statusText, errorText } from "./format.js";
 import { mountComposer } from "./composer.js";
@@ -65,9 +65,15 @@ export function mountConversation(root, model, { token, staffName, onActed }) {
       testid: "message", dataset: { senderKind: kind, ...(pending ? { pending: "true" } : { seq: String(m.seq) }) },
     },
     h("div", { class: "msg-meta" }, `${pending ? t("msg.you") : senderLabel(c, m)} · ${formatTime(pending ? pending.createdAt : m.sent_at_ms)}`),
-    attachment ? h("img", { testid: "message-image", src: attachment.preview || attachment.url, alt: attachment.mime || "" }) : null,
+    attachment ? h("img", { testid: "message-image", src: attachment.preview || attachment.url, alt: attachment.mime || "", onload: followImage }) : null,
     (m.body || !attachment) ? h("div", { class: "msg-body", testid: "message-body" }, m.body || "") : null,
     foot);
+  }
+
+  /** A loaded image makes the list taller: stay at the bottom if we were there. */
+  function followImage(e) {
+    const below = messages.scrollHeight - messages.scrollTop - messages.clientHeight;
+    if (below < e.target.offsetHeight + NEAR_BOTTOM_PX) messages.scrollTop = messages.scrollHeight;
   }
 
   function actionButton(name, onclick, cls = "") {
@@ -190,14 +196,45 @@ export function mountConversation(root, model, { token, staffName, onActed }) {
     replace(errors, items);
   }
 
+  // Message elements are kept between renders and rebuilt only when what they show changes,
+  // so images are not reloaded and the scroll position holds while the staff member reads back.
+  let cache = new Map(); // key -> {sig, el}
+  let cacheConv = null;
+  let lastCount = 0;
+
+  function cached(key, sig, build) {
+    const hit = cache.get(key);
+    if (hit && hit.sig === sig) return hit.el;
+    const el = build();
+    cache.set(key, { sig, el });
+    return el;
+  }
+
   function renderMessages(c) {
-    const nearBottom = messages.scrollHeight - messages.scrollTop - messages.clientHeight < NEAR_BOTTOM_PX;
+    const switched = cacheConv !== c.id;
+    if (switched) { cache = new Map(); cacheConv = c.id; lastCount = 0; }
+    const nearBottom = switched || messages.scrollHeight - messages.scrollTop - messages.clientHeight < NEAR_BOTTOM_PX;
     const { msgs, pending } = model.timeline(c);
-    replace(messages,
-      c.loading && msgs.length === 0 ? h("p", { class: "placeholder" }, t("conv.loading")) : null,
-      msgs.map((m) => messageEl(c, m, null)),
-      pending.map((p) => messageEl(c, p, p)));
-    if (nearBottom || pending.length) messages.scrollTop = messages.scrollHeight;
+    const language = lang();
+    const keep = new Map();
+    const els = [];
+    for (const m of msgs) {
+      const key = `s:${m.seq}`;
+      const sig = [language, m.sender.kind === "staff" && m.seq <= c.customerRead, senderLabel(c, m)].join("|");
+      els.push(cached(key, sig, () => messageEl(c, m, null)));
+      keep.set(key, cache.get(key));
+    }
+    for (const p of pending) {
+      const key = `p:${p.client_msg_id}`;
+      const sig = [language, p.status, p.error ? p.error.code : ""].join("|");
+      els.push(cached(key, sig, () => messageEl(c, p, p)));
+      keep.set(key, cache.get(key));
+    }
+    cache = keep;
+    replace(messages, c.loading && msgs.length === 0 ? h("p", { class: "placeholder" }, t("conv.loading")) : null, els);
+    const grew = els.length > lastCount;
+    lastCount = els.length;
+    if (grew && (nearBottom || pending.length)) messages.scrollTop = messages.scrollHeight;
   }
 
   function render() {

@@ -21,7 +21,7 @@ export function statusText(status) {
 export function errorText(err) {
   const code = err && err.code;
   const key = `error.${code}`;
-  const known = ["already_claimed", "illegal_transition", "forbidden", "not_found", "message_too_long",
+  const known = ["disconnected", "timeout", "already_claimed", "illegal_transition", "forbidden", "not_found", "message_too_long",
     "rate_limited", "overloaded", "conversation_full", "internal"];
   if (known.includes(code)) return t(key);
   return t("error.generic", { message: (err && (err.message || err.code)) || "?" });

@@ -88,7 +88,8 @@ export function mountHistory(root, dialog, model, { token }) {
       convId = id;
       const c = id ? model.convs.get(id) : null;
       const cust = c && c.customer ? c.customer.id : null;
-      if (cust !== customerId || cust) { customerId = cust; if (cust) load(); else render(); }
+      customerId = cust;
+      if (cust) load(); else render(); // reloaded on every open: the list changes as chats close
     },
   };
 }

@@ -120,6 +120,7 @@ function start(token, staff) {
   session.start();
   conversation.open(null);
   route();
+  if (!$("#console-view").classList.contains("hidden")) $("#tab-queue").focus();
 }
 
 function stop() {

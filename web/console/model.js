@@ -164,7 +164,7 @@ export class Model {
     if (f.event && f.event.kind === "transfer") c.transferNote = f.event.note || null;
     const relevant = this.isQueued(c) || this.isMine(c);
     if (relevant) c.listed = true;
-    if (!known || !c.customer) this.fetchSummary(c);
+    if ((!known || !c.customer) && (relevant || c.id === this.openId)) this.fetchSummary(c);
     // A transfer or release away from us ends our subscription on the server.
     if (!relevant && c.id !== this.openId) c.subscribed = false;
     if (!relevant && c.id === this.openId && f.event && ["transfer", "release"].includes(f.event.kind)) {
