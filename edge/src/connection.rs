@@ -980,6 +980,17 @@ async fn resume(
     }
     let seen = ctx.seen.entry(conversation).or_insert(0);
     *seen = (*seen).max(history.last_seq);
+    for (by, seq) in &history.reads {
+        frames.push(
+            ServerFrame::Read {
+                conversation_id: conversation,
+                seq: *seq,
+                by,
+            }
+            .to_text()
+            .into(),
+        );
+    }
     frames.push(
         ServerFrame::State {
             conversation_id: conversation,

@@ -98,6 +98,8 @@ pub fn is_ulid(s: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Resumed {
     pub messages: Vec<Value>,
+    /// The stored read cursors replayed as `read` frames.
+    pub reads: Vec<Value>,
     pub state: Option<Value>,
     pub resumed: Value,
 }
@@ -552,6 +554,7 @@ impl Ws {
         self.send(json!({"type":"resume","conversation_id":conversation_id,"after_seq":after_seq}))
             .await;
         let mut messages = Vec::new();
+        let mut reads = Vec::new();
         let mut state = None;
         let deadline = Instant::now() + RECV_TIMEOUT;
         loop {
@@ -560,10 +563,12 @@ impl Ws {
                     let mine = v["conversation_id"] == conversation_id;
                     match v["type"].as_str() {
                         Some("message") if mine => messages.push(v),
+                        Some("read") if mine && state.is_none() => reads.push(v),
                         Some("state") if mine => state = Some(v),
                         Some("resumed") if mine => {
                             return Ok(Resumed {
                                 messages,
+                                reads,
                                 state,
                                 resumed: v,
                             });
@@ -605,6 +610,7 @@ impl Ws {
             };
             let next = self.resume(conversation_id, last).await;
             r.messages.extend(next.messages);
+            r.reads = next.reads;
             r.state = next.state.or(r.state);
             r.resumed = next.resumed;
         }

@@ -55,6 +55,11 @@ async fn handoff_moves_the_whole_conversation_to_a_second_device() {
         seen_a.iter().map(|v| v.0).collect::<Vec<_>>(),
         (1..=2 * N as u64).collect::<Vec<_>>()
     );
+    // Staff has read up to the customer's last question (seq 2N - 1).
+    s.send(json!({"type":"read","conversation_id":conv,"seq":2 * N as u64 - 1}))
+        .await;
+    a.recv_reply("read", |v| v["conversation_id"] == conv.as_str())
+        .await;
 
     a.send(json!({"type":"handoff","conversation_id":conv}))
         .await;
@@ -102,6 +107,20 @@ async fn handoff_moves_the_whole_conversation_to_a_second_device() {
     );
     assert_eq!(res.resumed["last_seq"], 2 * N as u64, "{}", res.resumed);
     assert!(res.state.is_some(), "resume sends the state before resumed");
+    // The new device learns at once how far staff has read (the stored cursor).
+    let staff_read: Vec<&Value> = res
+        .reads
+        .iter()
+        .filter(|r| r["by"]["kind"] == "staff")
+        .collect();
+    assert_eq!(staff_read.len(), 1, "{:?}", res.reads);
+    assert_eq!(staff_read[0]["seq"], 2 * N as u64 - 1, "{:?}", res.reads);
+    assert_eq!(
+        staff_read[0]["by"]["id"],
+        staff[0].id.as_str(),
+        "{:?}",
+        res.reads
+    );
 
     // Both devices are live now.
     let live = s.send_msg(&conv, &cmid(), "anything else?").await;

@@ -293,6 +293,9 @@ pub struct History {
     pub messages: Vec<MessageView>,
     pub last_seq: u64,
     pub more: bool,
+    /// Every participant's read cursor (`read_cursors`), so a device that resumes shows what
+    /// the other side has read without waiting for its next `read`.
+    pub reads: Vec<(Participant, u64)>,
 }
 
 pub fn history(
@@ -339,10 +342,28 @@ pub fn history(
         .last()
         .map(|m| m.seq)
         .unwrap_or(after_seq.min(last_seq as u64));
+    let reads = conn
+        .prepare_cached("SELECT participant, seq FROM read_cursors WHERE conversation = ?1")?
+        .query_map([rowid], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter_map(|(key, seq)| {
+            let (kind, id) = key.split_once(':')?;
+            let who = match kind {
+                "customer" => Participant::Customer(id.parse().ok()?),
+                "staff" => Participant::Staff(id.parse().ok()?),
+                _ => return None,
+            };
+            Some((who, seq.max(0) as u64))
+        })
+        .collect();
     Ok(Some(History {
         more: last_seen < last_seq as u64,
         last_seq: last_seen,
         messages,
+        reads,
     }))
 }
 
