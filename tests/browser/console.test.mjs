@@ -15,7 +15,7 @@ before(async () => { browser = await launchBrowser(); });
 after(async () => { await browser?.close(); });
 
 /** Retries `fn` (an async assertion) until it passes or `timeout` ms have gone by. */
-async function eventually(fn, timeout = 10_000, interval = 100) {
+async function eventually(fn, timeout = 20_000, interval = 100) {
   const deadline = Date.now() + timeout;
   for (;;) {
     try { return await fn(); } catch (err) {
@@ -28,7 +28,7 @@ async function eventually(fn, timeout = 10_000, interval = 100) {
 async function textOf(locator) { return (await locator.textContent() ?? "").trim(); }
 
 /** Waits until the element's text includes `expected`. */
-async function waitText(locator, expected, timeout = 10_000) {
+async function waitText(locator, expected, timeout = 20_000) {
   await eventually(async () => {
     const text = await textOf(locator);
     assert.ok(text.includes(expected), `expected "${expected}" in "${text}"`);
@@ -49,7 +49,7 @@ async function openCustomer(edge, name = "Lin") {
   }));
   const send = (frame) => p.page.evaluate((f) => window.__ws.send(JSON.stringify(f)), frame);
   /** The first frame (after `from`) whose fields equal those of `match`. */
-  const waitFrame = async (match, { from = 0, timeout = 10_000 } = {}) => {
+  const waitFrame = async (match, { from = 0, timeout = 20_000 } = {}) => {
     const handle = await p.page.waitForFunction(([m, start]) => window.__frames.slice(start).find(
       (f) => Object.entries(m).every(([k, v]) => JSON.stringify(f[k]) === JSON.stringify(v))) || null,
     [match, from], { timeout, polling: 50 });
