@@ -387,6 +387,7 @@ test("transfer to a colleague, who sees it in my chats and resolves it", async (
 
     const colleague = await newPage(browser, { origins: [edge.url], viewport: TABLET_PORTRAIT });
     await login(colleague.page, edge, "lina", "staff-pass-1");
+    assert.equal(await colleague.page.getByTestId("nav-admin").isVisible(), false, "no admin page for staff");
     await colleague.page.getByTestId("tab-mine").click();
     await waitText(colleague.page.getByTestId("tab-mine"), "0");
 
@@ -480,6 +481,22 @@ test("canned reply created on the admin page, chosen with / in the composer", as
     await eventually(async () => assert.equal(await menu.locator('[aria-selected="true"]').getAttribute("data-shortcut"), "returns"));
     await menu.getByTestId("canned-item").nth(1).tap();
     await eventually(async () => assert.equal(await input.inputValue(), "You can return unworn items within 30 days with the receipt."));
+
+    // Edit one canned reply and delete the other on the admin page; the menu follows.
+    await page.getByTestId("nav-admin").click();
+    const returns = page.locator('[data-testid="admin-canned-row"]', { hasText: "/returns" });
+    await returns.getByTestId("admin-canned-edit").click();
+    const editing = page.locator('[data-testid="admin-canned-row"]:has([data-testid="admin-canned-edit-body"])');
+    await editing.getByTestId("admin-canned-edit-body").fill("Returns: 30 days, with the receipt.");
+    await editing.getByTestId("admin-canned-save").click();
+    await waitText(page.getByTestId("admin-canned-list"), "Returns: 30 days, with the receipt.");
+    await page.locator('[data-testid="admin-canned-row"]', { hasText: "/hours" }).getByTestId("admin-canned-delete").click();
+    await eventually(async () => assert.equal(await page.getByTestId("admin-canned-row").count(), 1));
+    await page.getByTestId("nav-console").click();
+    await input.fill("");
+    await input.pressSequentially("/");
+    await eventually(async () => assert.equal(await menu.getByTestId("canned-item").count(), 1));
+    await waitText(menu.getByTestId("canned-item").first(), "Returns: 30 days");
 
     assertClean(staff, customer);
     await staff.context.close();
@@ -682,8 +699,15 @@ test("language switch: English by default, Chinese and back", async () => {
     await page.getByTestId("login-submit").waitFor();
     assert.equal(await page.getByTestId("tab-queue").isVisible(), false);
 
-    assertClean(staff);
+    // A tablet whose browser is set to Chinese starts in Chinese.
+    const zh = await newPage(browser, { origins: [edge.url], locale: "zh-CN" });
+    await zh.page.goto(`${edge.url}/`);
+    await waitText(zh.page.getByTestId("login-submit"), "登录");
+    assert.equal(await zh.page.getByTestId("lang-switch").inputValue(), "zh-CN");
+
+    assertClean(staff, zh);
     await staff.context.close();
+    await zh.context.close();
   } finally {
     await edge.cleanup();
   }
