@@ -15,7 +15,7 @@ before(async () => { browser = await launchBrowser(); });
 after(async () => { await browser?.close(); });
 
 /** Retries `fn` (an async assertion) until it passes or `timeout` ms have gone by. */
-async function eventually(fn, timeout = 10_000, interval = 100) {
+async function eventually(fn, timeout = 20_000, interval = 100) {
   const deadline = Date.now() + timeout;
   for (;;) {
     try { return await fn(); } catch (err) {
@@ -28,7 +28,7 @@ async function eventually(fn, timeout = 10_000, interval = 100) {
 async function textOf(locator) { return (await locator.textContent() ?? "").trim(); }
 
 /** Waits until the element's text includes `expected`. */
-async function waitText(locator, expected, timeout = 10_000) {
+async function waitText(locator, expected, timeout = 20_000) {
   await eventually(async () => {
     const text = await textOf(locator);
     assert.ok(text.includes(expected), `expected "${expected}" in "${text}"`);
@@ -49,7 +49,7 @@ async function openCustomer(edge, name = "Lin") {
   }));
   const send = (frame) => p.page.evaluate((f) => window.__ws.send(JSON.stringify(f)), frame);
   /** The first frame (after `from`) whose fields equal those of `match`. */
-  const waitFrame = async (match, { from = 0, timeout = 10_000 } = {}) => {
+  const waitFrame = async (match, { from = 0, timeout = 20_000 } = {}) => {
     const handle = await p.page.waitForFunction(([m, start]) => window.__frames.slice(start).find(
       (f) => Object.entries(m).every(([k, v]) => JSON.stringify(f[k]) === JSON.stringify(v))) || null,
     [match, from], { timeout, polling: 50 });
@@ -387,6 +387,7 @@ test("transfer to a colleague, who sees it in my chats and resolves it", async (
 
     const colleague = await newPage(browser, { origins: [edge.url], viewport: TABLET_PORTRAIT });
     await login(colleague.page, edge, "lina", "staff-pass-1");
+    assert.equal(await colleague.page.getByTestId("nav-admin").isVisible(), false, "no admin page for staff");
     await colleague.page.getByTestId("tab-mine").click();
     await waitText(colleague.page.getByTestId("tab-mine"), "0");
 
@@ -480,6 +481,22 @@ test("canned reply created on the admin page, chosen with / in the composer", as
     await eventually(async () => assert.equal(await menu.locator('[aria-selected="true"]').getAttribute("data-shortcut"), "returns"));
     await menu.getByTestId("canned-item").nth(1).tap();
     await eventually(async () => assert.equal(await input.inputValue(), "You can return unworn items within 30 days with the receipt."));
+
+    // Edit one canned reply and delete the other on the admin page; the menu follows.
+    await page.getByTestId("nav-admin").click();
+    const returns = page.locator('[data-testid="admin-canned-row"]', { hasText: "/returns" });
+    await returns.getByTestId("admin-canned-edit").click();
+    const editing = page.locator('[data-testid="admin-canned-row"]:has([data-testid="admin-canned-edit-body"])');
+    await editing.getByTestId("admin-canned-edit-body").fill("Returns: 30 days, with the receipt.");
+    await editing.getByTestId("admin-canned-save").click();
+    await waitText(page.getByTestId("admin-canned-list"), "Returns: 30 days, with the receipt.");
+    await page.locator('[data-testid="admin-canned-row"]', { hasText: "/hours" }).getByTestId("admin-canned-delete").click();
+    await eventually(async () => assert.equal(await page.getByTestId("admin-canned-row").count(), 1));
+    await page.getByTestId("nav-console").click();
+    await input.fill("");
+    await input.pressSequentially("/");
+    await eventually(async () => assert.equal(await menu.getByTestId("canned-item").count(), 1));
+    await waitText(menu.getByTestId("canned-item").first(), "Returns: 30 days");
 
     assertClean(staff, customer);
     await staff.context.close();
@@ -682,8 +699,15 @@ test("language switch: English by default, Chinese and back", async () => {
     await page.getByTestId("login-submit").waitFor();
     assert.equal(await page.getByTestId("tab-queue").isVisible(), false);
 
-    assertClean(staff);
+    // A tablet whose browser is set to Chinese starts in Chinese.
+    const zh = await newPage(browser, { origins: [edge.url], locale: "zh-CN" });
+    await zh.page.goto(`${edge.url}/`);
+    await waitText(zh.page.getByTestId("login-submit"), "登录");
+    assert.equal(await zh.page.getByTestId("lang-switch").inputValue(), "zh-CN");
+
+    assertClean(staff, zh);
     await staff.context.close();
+    await zh.context.close();
   } finally {
     await edge.cleanup();
   }

@@ -182,12 +182,14 @@ export function mountComposer(root, model, { token }) {
 
   async function upload(file) {
     showProblem("");
-    if (!IMAGE_TYPES.includes(file.type)) { showProblem(t("attach.error.unsupported_media_type")); return; }
+    // The appliance tells the type from the bytes; only a file the browser knows is something
+    // else (a PDF, a HEIC photo) is refused before uploading it.
+    if (file.type && !IMAGE_TYPES.includes(file.type)) { showProblem(t("attach.error.unsupported_media_type")); return; }
     clearAttachment();
     uploading = true;
     renderChip();
     try {
-      const res = await api("/api/attachments", { method: "POST", raw: file, headers: { "Content-Type": file.type }, token });
+      const res = await api("/api/attachments", { method: "POST", raw: file, headers: { "Content-Type": file.type || "application/octet-stream" }, token });
       attachment = { ...res.attachment, preview: URL.createObjectURL(file) };
     } catch (err) {
       if (err.status === 413 || err.code === "payload_too_large") showProblem(t("attach.error.payload_too_large"));

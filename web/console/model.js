@@ -35,7 +35,7 @@ export class Model {
     if (!c) {
       c = {
         id, status: null, agent: null, previousAgent: null, snoozedUntil: null, customer: null,
-        createdAt: null, queuedAt: null, lastMessageAt: null, summaryLastSeq: 0,
+        createdAt: null, queuedAt: null, lastMessageAt: null,
         messages: new Map(), lastSeq: 0, pending: new Map(),
         customerRead: 0, typingUntil: 0, listed: false, subscribed: false, loading: false,
         fetchingSummary: false,
@@ -148,7 +148,6 @@ export class Model {
     if (s.customer) c.customer = s.customer;
     c.createdAt = s.created_at_ms ?? c.createdAt;
     c.lastMessageAt = s.last_message_at_ms ?? c.lastMessageAt;
-    c.summaryLastSeq = Math.max(c.summaryLastSeq, s.last_seq || 0);
   }
 
   onState(f) {
