@@ -5,10 +5,8 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { copyFileSync, mkdirSync } from "node:fs";
-import { join } from "node:path";
 import {
-  ARTIFACTS, HUB_ADMIN_PASSWORD, REPO, TABLET_LANDSCAPE, TABLET_PORTRAIT, launchBrowser, newPage, shot, startEdge, startHub,
+  HUB_ADMIN_PASSWORD, TABLET_LANDSCAPE, TABLET_PORTRAIT, launchBrowser, newPage, shot, startEdge, startHub,
 } from "./lib/harness.mjs";
 
 const CUSTOMER_ZH = "你好，我想退货，这件外套太小了";
@@ -115,18 +113,6 @@ async function eventually(check, what, ms = 20_000) {
   throw new Error(`timed out waiting for ${what}`);
 }
 
-/** A full-page screenshot in artifacts/ and its copy in docs/screenshots/. */
-async function screenshot(page, name, { fullPage = false } = {}) {
-  const path = fullPage ? join(ARTIFACTS, `${name}.png`) : await shot(page, name);
-  if (fullPage) {
-    mkdirSync(ARTIFACTS, { recursive: true });
-    await page.screenshot({ path, fullPage: true });
-  }
-  const docs = join(REPO, "docs/screenshots");
-  mkdirSync(docs, { recursive: true });
-  copyFileSync(path, join(docs, `${name}.png`));
-}
-
 test("a chat at the store reaches the hub", async () => {
   const { page, offOrigin, errors } = await newPage(browser, { origins: [edge.url] });
   await page.goto(`${edge.url}/healthz`);
@@ -198,7 +184,7 @@ test("HQ dashboard: stores, conversations, search, transcript, charts, both lang
   await page.getByRole("button", { name: "24 h" }).click();
   await page.waitForFunction(() => document.querySelector('[data-testid="chart-volume"] svg line.tick-mark'));
   await page.evaluate(() => window.scrollTo(0, 0));
-  await screenshot(page, "hq-dashboard", { fullPage: true });
+  await shot(page, "hq-dashboard", { fullPage: true });
 
   // Language: English ⇄ Chinese, static and drawn text alike.
   await assertVisibleText(byId("tab-overview"), "Overview");
@@ -257,7 +243,7 @@ test("HQ dashboard: stores, conversations, search, transcript, charts, both lang
   await expectTranscript(page);
   await page.waitForFunction(() => document.querySelector('[data-testid="transcript"] .message.hit'));
   assert.equal(await page.locator('[data-testid="transcript"] .message.hit [data-testid="message-body"]').innerText(), CUSTOMER_ZH);
-  await screenshot(page, "hq-search");
+  await shot(page, "hq-search");
 
   // English, case-insensitively.
   await byId("search-input").fill("LARGER size");

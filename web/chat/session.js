@@ -11,6 +11,7 @@
 // conversation from now on), "error", "expired".
 
 import { wsUrl } from "/common/api.js";
+import { newId } from "/common/id.js";
 import * as storage from "./storage.js";
 
 const BACKOFF_MIN_MS = 500;
@@ -22,19 +23,6 @@ const DEAD_AFTER_MS = 45_000;
 const ACK_TIMEOUT_MS = 15_000;
 /** Errors after which a send is worth repeating by itself a little later. */
 const TRANSIENT = new Set(["overloaded", "rate_limited", "internal"]);
-
-/**
- * `crypto.randomUUID` exists only in secure contexts; a store appliance reached over plain
- * http on the shop's network is not one, so build the same v4 UUID from getRandomValues.
- */
-export function newId() {
-  if (globalThis.crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
-  const b = crypto.getRandomValues(new Uint8Array(16));
-  b[6] = (b[6] & 0x0f) | 0x40;
-  b[8] = (b[8] & 0x3f) | 0x80;
-  const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
-}
 
 export class ChatSession {
   constructor() {

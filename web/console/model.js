@@ -10,6 +10,7 @@
 //   SAME client_msg_id, which the server answers with the original ack instead of a copy.
 
 import { api } from "/common/api.js";
+import { newId } from "/common/id.js";
 
 const TYPING_SHOWN_MS = 6_000;
 const RESEND_AFTER_MS = 10_000;
@@ -329,7 +330,7 @@ export class Model {
   sendMessage(id, body, attachment = null) {
     const c = this.conv(id);
     const p = {
-      client_msg_id: crypto.randomUUID(), body, attachment, createdAt: Date.now(),
+      client_msg_id: newId(), body, attachment, createdAt: Date.now(),
       status: "sending", error: null, sentAt: 0,
     };
     c.pending.set(p.client_msg_id, p);

@@ -8,7 +8,7 @@
 // other names here.
 
 import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -196,10 +196,16 @@ export async function newPage(browser, { origins, viewport = TABLET_LANDSCAPE, l
   return { context, page, offOrigin, errors };
 }
 
-/** Saves `artifacts/<name>.png`; returns its path. */
-export async function shot(page, name) {
+/**
+ * Saves `artifacts/<name>.png` (every test run; CI keeps the folder) and returns its path.
+ * With `UPDATE_SCREENSHOTS=1` a screenshot that the README shows (`docs/screenshots/<name>.png`
+ * exists) is refreshed too; otherwise tests never touch tracked files.
+ */
+export async function shot(page, name, { fullPage = false } = {}) {
   mkdirSync(ARTIFACTS, { recursive: true });
   const path = join(ARTIFACTS, `${name}.png`);
-  await page.screenshot({ path });
+  await page.screenshot({ path, fullPage });
+  const readme = join(REPO, "docs/screenshots", `${name}.png`);
+  if (process.env.UPDATE_SCREENSHOTS === "1" && existsSync(readme)) copyFileSync(path, readme);
   return path;
 }

@@ -1,0 +1,13 @@
+// Client-chosen ids (a send's `client_msg_id`, which makes a retried send a no-op).
+//
+// `crypto.randomUUID` exists only in secure contexts; a store appliance reached over plain
+// http on the shop's network (`http://store-box`) is not one, so the same v4 UUID is built from
+// `getRandomValues`, which exists everywhere.
+export function newId() {
+  if (globalThis.crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
