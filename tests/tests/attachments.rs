@@ -28,6 +28,17 @@ async fn upload(edge: &Edge, token: &str, bytes: Vec<u8>, content_type: &str) ->
     (status, body)
 }
 
+/// Sends the upload `id` as a message with no text; returns its client_msg_id.
+async fn send_image(ws: &mut Ws, conversation: &str, id: &str) -> String {
+    let cm = cmid();
+    ws.send(
+        json!({"type":"send","conversation_id":conversation,"client_msg_id":cm,"body":"",
+                   "attachment_id":id}),
+    )
+    .await;
+    cm
+}
+
 async fn fetch(edge: &Edge, path: &str) -> (u16, String, Vec<u8>) {
     let res = reqwest::get(format!("{}{}", edge.base_url(), path))
         .await
@@ -63,13 +74,7 @@ async fn an_image_sent_by_the_customer_reaches_staff_and_survives_a_restart() {
     );
 
     // An image alone: the body may be empty.
-    let cm = cmid();
-    lin.ws
-        .send(
-            json!({"type":"send","conversation_id":conv,"client_msg_id":cm,"body":"",
-                     "attachment_id":id}),
-        )
-        .await;
+    let cm = send_image(&mut lin.ws, &conv, &id).await;
     let ack = lin.ws.recv_reply("ack", |v| v["client_msg_id"] == cm).await;
     assert_eq!(ack["type"], "ack", "{ack}");
     let m = wang.recv_message(&conv).await;
@@ -133,13 +138,7 @@ async fn uploads_that_are_not_images_too_large_or_not_yours_are_refused() {
     let (status, body) = upload(&edge, &admin.token, PNG.to_vec(), "image/png").await;
     assert_eq!(status, 201, "{body}");
     for id in [body["attachment"].str_("id").to_string(), ulid_like()] {
-        let cm = cmid();
-        lin.ws
-            .send(
-                json!({"type":"send","conversation_id":conv,"client_msg_id":cm,"body":"",
-                         "attachment_id":id}),
-            )
-            .await;
+        let cm = send_image(&mut lin.ws, &conv, &id).await;
         let err = lin.ws.recv_error("not_found").await;
         assert_eq!(err["client_msg_id"], cm.as_str(), "{err}");
     }
