@@ -1,5 +1,6 @@
 //! The HTTP JSON API (docs/api.md): staff sessions, administration, history, hand-off.
 
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use aisle_sync::{ConversationId, CustomerId, StaffId, Status};
@@ -103,6 +104,11 @@ pub async fn healthz(State(app): AppState) -> Json<Value> {
         "store_id": app.config.store_id,
         "uptime_secs": app.started.elapsed().as_secs(),
         "hub": app.uplink.status(),
+        "model": {
+            "version": app.classifier.version(),
+            "path": app.config.model.path,
+            "error": *app.model_error.lock().unwrap_or_else(|e| e.into_inner()),
+        },
     }))
 }
 
@@ -453,10 +459,20 @@ pub struct CannedInput {
     shortcut: String,
     title: String,
     body: String,
+    #[serde(default)]
+    intent: Option<String>,
 }
 
 impl CannedInput {
     fn check(&self, max_body_chars: usize) -> Result<(), ApiError> {
+        if let Some(label) = &self.intent
+            && label.parse::<aisle_models::Intent>().is_err()
+        {
+            return Err(ApiError::new(
+                Code::BadRequest,
+                format!("unknown intent {label:?}"),
+            ));
+        }
         if self.shortcut.chars().count() > 32
             || self.title.trim().is_empty()
             || self.title.chars().count() > 100
@@ -490,13 +506,14 @@ pub async fn create_canned(
         title: input.title,
         body: input.body,
         source: "store".into(),
+        intent: input.intent,
     };
     let row = reply.clone();
     app.writer
         .exec(move |conn| {
             conn.execute(
-                "INSERT INTO canned_replies (id, shortcut, title, body, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![row.id, row.shortcut, row.title, row.body, now_ms() as i64],
+                "INSERT INTO canned_replies (id, shortcut, title, body, updated_at_ms, intent) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                rusqlite::params![row.id, row.shortcut, row.title, row.body, now_ms() as i64, row.intent],
             )?;
             Ok(())
         })
@@ -518,14 +535,15 @@ pub async fn update_canned(
         title: input.title,
         body: input.body,
         source: "store".into(),
+        intent: input.intent,
     };
     let row = reply.clone();
     app.writer
         .exec(move |conn| {
             refuse_hq_reply(conn, &row.id)?;
             let changed = conn.execute(
-                "UPDATE canned_replies SET shortcut = ?2, title = ?3, body = ?4, updated_at_ms = ?5 WHERE id = ?1",
-                rusqlite::params![row.id, row.shortcut, row.title, row.body, now_ms() as i64],
+                "UPDATE canned_replies SET shortcut = ?2, title = ?3, body = ?4, updated_at_ms = ?5, intent = ?6 WHERE id = ?1",
+                rusqlite::params![row.id, row.shortcut, row.title, row.body, now_ms() as i64, row.intent],
             )?;
             if changed == 0 {
                 return Err(ApiError::new(Code::NotFound, "no such canned reply"));
@@ -846,4 +864,70 @@ pub async fn redeem_handoff(State(app): AppState, Path(code): Path<String>) -> A
         "resume_token": token,
     }))
     .into_response())
+}
+
+/// `GET /api/bot-policy` (staff): what the bot may answer alone.
+pub async fn get_bot_policy(State(app): AppState, _auth: StaffAuth) -> ApiResult {
+    let policy = app.reader.read(crate::bot::BotPolicy::load).await?;
+    Ok(
+        Json(json!({ "bot_policy": policy, "never": ["complaint", "human_agent"] }))
+            .into_response(),
+    )
+}
+
+/// `PUT /api/bot-policy` (admin): `{"intents":["store_info"],"min_confidence":0.85}`.
+pub async fn put_bot_policy(
+    State(app): AppState,
+    auth: StaffAuth,
+    Body(policy): Body<crate::bot::BotPolicy>,
+) -> ApiResult {
+    auth.require_admin()?;
+    policy.validate()?;
+    let saved = policy.clone();
+    app.writer.exec(move |conn| saved.save(conn)).await?;
+    tracing::info!(by = %auth.0.staff.username, intents = ?policy.intents,
+        min_confidence = policy.min_confidence, "bot policy changed");
+    Ok(Json(json!({ "bot_policy": policy })).into_response())
+}
+
+/// `GET /api/bot-answers?limit=` (admin): the bot's audit trail, newest first.
+pub async fn bot_answers(
+    State(app): AppState,
+    auth: StaffAuth,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    auth.require_admin()?;
+    let limit = params
+        .get("limit")
+        .map(|l| l.parse::<usize>())
+        .transpose()
+        .map_err(|_| ApiError::new(Code::BadRequest, "limit must be a number"))?
+        .unwrap_or(50)
+        .clamp(1, app.config.limits.max_page_items);
+    let rows = app
+        .reader
+        .read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT message_id, conversation, answered_id, intent, confidence, model,
+                        canned_reply, at_ms
+                 FROM bot_answers ORDER BY at_ms DESC, message_id DESC LIMIT ?1",
+            )?;
+            let rows = statement
+                .query_map([limit as i64], |r| {
+                    Ok(json!({
+                        "message_id": r.get::<_, String>(0)?,
+                        "conversation_id": r.get::<_, String>(1)?,
+                        "answered_message_id": r.get::<_, String>(2)?,
+                        "intent": r.get::<_, String>(3)?,
+                        "confidence": r.get::<_, f64>(4)?,
+                        "model": r.get::<_, String>(5)?,
+                        "canned_reply_id": r.get::<_, String>(6)?,
+                        "at_ms": r.get::<_, i64>(7)?,
+                    }))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await?;
+    Ok(Json(json!({ "bot_answers": rows })).into_response())
 }

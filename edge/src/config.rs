@@ -36,7 +36,29 @@ pub struct Config {
     pub web_dir: Option<PathBuf>,
     pub routing: Routing,
     pub hub: HubLink,
+    pub model: ModelConfig,
     pub limits: Limits,
+}
+
+/// The on-device intent model.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A model file replacing the one built into the binary. Watched: writing a new file
+    /// there swaps it in without a restart (validated first; a bad file is refused and the
+    /// model in force keeps serving).
+    pub path: Option<PathBuf>,
+    /// Inference threads.
+    pub workers: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            workers: 1,
+        }
+    }
 }
 
 /// The region's hub this store syncs with. Unset `url`: the store runs on its own.
@@ -80,6 +102,7 @@ impl Default for Config {
             web_dir: None,
             routing: Routing::default(),
             hub: HubLink::default(),
+            model: ModelConfig::default(),
             limits: Limits::default(),
         }
     }
@@ -128,6 +151,9 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "hub.url must start with http:// or https:// (got {url})"
             )));
+        }
+        if self.model.workers == 0 || self.model.workers > 16 {
+            return Err(ConfigError::Invalid("model.workers must be 1 to 16".into()));
         }
         if let Some(password) = &self.first_admin_password
             && password.chars().count() < 8

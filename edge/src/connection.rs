@@ -437,6 +437,12 @@ async fn handle_text(
             if let Err(err) = check_send(&app, &client_msg_id, &body, attachment_id.is_some()) {
                 return reply_error(sink, &err, &echo, timeout).await;
             }
+            // Read before the writer takes it, off the writer's thread and off this runtime
+            // (the model runs on its own threads); bounded by classify_timeout_ms.
+            let intent = match actor {
+                Actor::Customer(_) => crate::intent::read(&app, &body).await,
+                _ => None,
+            };
             let (reply, answer) = oneshot::channel();
             let command = Command::Send(SendCmd {
                 conversation: conversation_id,
@@ -444,6 +450,7 @@ async fn handle_text(
                 client_msg_id,
                 body,
                 attachment: attachment_id,
+                intent,
                 origin: conn_id,
                 reply,
             });

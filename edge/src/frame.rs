@@ -5,8 +5,8 @@
 //! parses once.
 
 use aisle_sync::{
-    Attachment, AttachmentId, ConversationId, CustomerId, EventKind, MessageId, Participant,
-    StaffId, Status,
+    Attachment, AttachmentId, ConversationId, CustomerId, EventKind, IntentRecord, MessageId,
+    MessageRecord, Participant, StaffId, Status,
 };
 use serde::{Deserialize, Serialize};
 
@@ -247,6 +247,16 @@ pub struct Summary {
     pub last_seq: u64,
     pub created_at_ms: u64,
     pub last_message_at_ms: Option<u64>,
+    /// `high` once the customer has complained or asked for a person (from the intents of
+    /// their messages): such chats go to people only and first.
+    pub priority: Priority,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Normal,
+    High,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -259,6 +269,25 @@ pub struct MessageView {
     pub sent_at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachment: Option<AttachmentView>,
+    /// A customer message's intent as the store's model read it (label, confidence, model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<IntentRecord>,
+}
+
+impl MessageView {
+    /// The view of a document record that got `seq` on this appliance.
+    pub fn of(seq: u64, record: MessageRecord) -> Self {
+        Self {
+            seq,
+            id: record.id,
+            attachment: record.attachment.as_ref().map(Into::into),
+            client_msg_id: record.client_msg_id,
+            sender: record.sender,
+            body: record.body,
+            sent_at_ms: record.sent_at_ms,
+            intent: record.intent,
+        }
+    }
 }
 
 /// An attached image as clients see it: the document's record plus where to fetch the bytes.

@@ -14,12 +14,14 @@
 pub mod api;
 pub mod attachment;
 pub mod auth;
+pub mod bot;
 pub mod config;
 pub mod connection;
 pub mod delivery;
 pub mod enrollment;
 pub mod error;
 pub mod frame;
+pub mod intent;
 pub mod limits;
 pub mod metrics;
 pub mod routing;
@@ -62,4 +64,8 @@ pub struct App {
     pub uplink: uplink::Uplink,
     /// The web pages (embedded, or `web_dir`).
     pub web: aisle_service::web::WebAssets,
+    /// The intent model's inference threads and the model in force (hot-swappable).
+    pub classifier: aisle_models::Classifier,
+    /// Why the last model file offered was refused, until one is accepted (`/healthz`).
+    pub model_error: std::sync::Mutex<Option<String>>,
 }

@@ -49,6 +49,11 @@ pub struct Limits {
     pub max_attachment_bytes: usize,
     /// Text a QR code drawn by `GET /api/qr.svg` may hold (a hand-off link is ~40 bytes).
     pub max_qr_text_bytes: usize,
+    /// Customer messages waiting for an inference thread; past it a message is stored
+    /// without an intent (never refused, never delayed further).
+    pub max_classify_queue: usize,
+    /// How long a send waits for its intent before it is stored without one.
+    pub classify_timeout_ms: u64,
     /// Bytes tungstenite reads per socket read call (its 128 KiB default costs ~137 KB per idle
     /// connection; 4 KiB costs ~9 KB, docs/MEASUREMENTS.md).
     pub ws_read_buffer_bytes: usize,
@@ -112,6 +117,8 @@ impl Default for Limits {
             max_http_body_bytes: 64 * 1024,
             max_attachment_bytes: 5 * 1024 * 1024,
             max_qr_text_bytes: 512,
+            max_classify_queue: 256,
+            classify_timeout_ms: 50,
             ws_read_buffer_bytes: 4 * 1024,
             ws_write_buffer_bytes: 8 * 1024,
             hello_timeout_ms: 10_000,
@@ -151,6 +158,7 @@ impl Limits {
             ("max_page_items", self.max_page_items),
             ("max_attachment_bytes", self.max_attachment_bytes),
             ("max_qr_text_bytes", self.max_qr_text_bytes),
+            ("max_classify_queue", self.max_classify_queue),
             ("ws_read_buffer_bytes", self.ws_read_buffer_bytes),
             (
                 "max_concurrent_password_hashes",

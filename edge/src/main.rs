@@ -35,6 +35,19 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE", env = "AISLE_CONFIG")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Classify messages read from stdin, one per line; prints one JSON object per line
+    /// (`intent`, `confidence`, `model`) with the model the server would use.
+    Classify {
+        /// A model file instead of the configured one (`model.path`) or the built-in one.
+        #[arg(long, value_name = "FILE")]
+        model: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,13 +58,19 @@ fn main() -> std::process::ExitCode {
         hub: cli.hub,
         enroll_token: cli.enroll,
     };
-    let config = match Config::load(cli.config.as_deref(), &overrides) {
+    let mut config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("aisle-edge: {err}");
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(Command::Classify { model }) = cli.command {
+        if model.is_some() {
+            config.model.path = model;
+        }
+        return aisle_edge::intent::classify_lines(&config);
+    }
     aisle_service::run::serve(
         "aisle-edge",
         &config.log.clone(),

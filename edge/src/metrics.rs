@@ -35,6 +35,11 @@ pub struct Metrics {
     pub sync_frames: IntCounterVec,
     pub sync_errors: IntCounterVec,
     pub hub_connected: IntGauge,
+    pub intents: IntCounterVec,
+    pub classify_failures: IntCounterVec,
+    pub model_info: IntGaugeVec,
+    pub model_reloads: IntCounterVec,
+    pub bot_answers: IntCounterVec,
 }
 
 impl Metrics {
@@ -160,6 +165,46 @@ impl Metrics {
             "1 while the sync connection to the region's hub is up",
         )
         .expect("metric");
+        let intents = IntCounterVec::new(
+            Opts::new(
+                "aisle_intents_total",
+                "Customer messages classified by the on-device model, by intent",
+            ),
+            &["intent"],
+        )
+        .expect("metric");
+        let classify_failures = IntCounterVec::new(
+            Opts::new(
+                "aisle_classify_failures_total",
+                "Customer messages stored without an intent: timeout, overloaded, error",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        let model_info = IntGaugeVec::new(
+            Opts::new(
+                "aisle_model_info",
+                "1 for the intent model version in force",
+            ),
+            &["version"],
+        )
+        .expect("metric");
+        let model_reloads = IntCounterVec::new(
+            Opts::new(
+                "aisle_model_reloads_total",
+                "Hot swaps of the intent model file: swapped or refused",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
+        let bot_answers = IntCounterVec::new(
+            Opts::new(
+                "aisle_bot_answers_total",
+                "Answers sent by the bot, by intent",
+            ),
+            &["intent"],
+        )
+        .expect("metric");
 
         for collector in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
@@ -181,6 +226,11 @@ impl Metrics {
             Box::new(sync_frames.clone()),
             Box::new(sync_errors.clone()),
             Box::new(hub_connected.clone()),
+            Box::new(intents.clone()),
+            Box::new(classify_failures.clone()),
+            Box::new(model_info.clone()),
+            Box::new(model_reloads.clone()),
+            Box::new(bot_answers.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -205,7 +255,18 @@ impl Metrics {
             sync_frames,
             sync_errors,
             hub_connected,
+            intents,
+            classify_failures,
+            model_info,
+            model_reloads,
+            bot_answers,
         }
+    }
+
+    /// The model version in force (the only `aisle_model_info` series set to 1).
+    pub fn model_version(&self, version: &str) {
+        self.model_info.reset();
+        self.model_info.with_label_values(&[version]).set(1);
     }
 
     /// A sync error or refusal, by its protocol code.

@@ -75,6 +75,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     })?;
     let (shutdown, completion) = Shutdown::new();
     let config_web_dir = config.web_dir.clone();
+    let classifier = crate::intent::start(&config)
+        .map_err(|e| StartError::Other(format!("loading the intent model: {e}")))?;
     let app = Arc::new(App {
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         password_hashes: Semaphore::new(config.limits.max_concurrent_password_hashes),
@@ -88,7 +90,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         changes,
         uplink: Default::default(),
         web: crate::web::assets(config_web_dir),
+        classifier,
+        model_error: Default::default(),
     });
+    let _model_watcher = crate::intent::watch(&app);
     let router = router(Arc::clone(&app));
     let uplink = tokio::spawn(crate::uplink::run(Arc::clone(&app)));
     tracing::info!(
@@ -177,6 +182,11 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/api/attachments/{id}", get(crate::attachment::download))
         .route("/api/qr.svg", get(crate::web::qr))
+        .route(
+            "/api/bot-policy",
+            get(api::get_bot_policy).put(api::put_bot_policy),
+        )
+        .route("/api/bot-answers", get(api::bot_answers))
         .route("/", get(crate::web::console))
         .route("/chat", get(crate::web::chat))
         .route("/h/{code}", get(crate::web::handoff_link))

@@ -46,8 +46,8 @@ pub struct ConversationFacts {
     /// The wall time of the resolve event while the conversation is resolved; `None` otherwise
     /// (a reopened conversation is not resolved).
     pub resolved_at_ms: Option<u64>,
-    /// Always `None` for now: the on-device model (a later issue) will write intents into the
-    /// document. The store keeps an intent it already has when this is `None`.
+    /// The latest customer message's intent that is not `greeting` / `other` in this round;
+    /// the store keeps the intent it already has when this is `None`.
     pub intent: Option<String>,
 }
 
@@ -77,8 +77,7 @@ pub struct MessageRow {
     pub sent_at_ms: u64,
     /// JSON of the message's [`aisle_sync::Attachment`], if it has one.
     pub attachment: Option<String>,
-    /// Always `None` for now (see [`ConversationFacts::intent`]): `MessageRecord` has no intent
-    /// field yet, so a field written by a newer edge would be dropped when decoding.
+    /// The intent the store's model read in a customer message (`None` for other senders).
     pub intent: Option<String>,
 }
 
@@ -116,6 +115,16 @@ pub fn project(
             .map(|e| e.hlc.wall_ms()),
         _ => None,
     };
+    // What the customer came for: their latest message read as something other than a
+    // greeting or small talk (a later "thanks" does not turn a refund into a greeting).
+    let intent = delta
+        .messages
+        .iter()
+        .filter(|m| matches!(m.sender, Participant::Customer(_)))
+        .filter_map(|m| m.intent.as_ref().map(|i| (m.sent_at_ms, m.id, &i.label)))
+        .filter(|(_, _, label)| !matches!(label.as_str(), "greeting" | "other"))
+        .max()
+        .map(|(_, _, label)| label.clone());
     let conversation = ConversationFacts {
         id: conversation_id.clone(),
         store_id: meta.store_id.clone(),
@@ -125,7 +134,7 @@ pub fn project(
         agent_name: state.agent.and_then(|a| name_of(&Participant::Staff(a))),
         created_at_ms: meta.created_at_ms,
         resolved_at_ms,
-        intent: None,
+        intent,
     };
     let participants = delta
         .participants
@@ -159,7 +168,7 @@ pub fn project(
                     .attachment
                     .as_ref()
                     .and_then(|a| serde_json::to_string(a).ok()),
-                intent: None,
+                intent: m.intent.as_ref().map(|i| i.label.clone()),
             }
         })
         .collect();
@@ -283,6 +292,7 @@ mod tests {
                 body: format!("body {n}"),
                 sent_at_ms: at,
                 attachment: None,
+                intent: None,
             })
             .unwrap();
         }

@@ -140,6 +140,7 @@ impl Chat {
                 body: body.into(),
                 sent_at_ms: at,
                 attachment: None,
+                intent: None,
             })
             .unwrap();
     }

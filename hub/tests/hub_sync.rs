@@ -111,6 +111,7 @@ fn new_conversation(store_id: &str, messages: usize) -> (Conversation, Frame) {
                 body: format!("message {i}"),
                 sent_at_ms: 10 + i as u64,
                 attachment: None,
+                intent: None,
             })
             .unwrap();
     }
@@ -377,6 +378,7 @@ async fn a_conversation_syncs_and_a_reconnect_after_restart_needs_no_sync() {
             body: "after the restart".into(),
             sent_at_ms: 99,
             attachment: None,
+            intent: None,
         })
         .unwrap();
     let (_, acked) = sync_until_acked(&mut link, &mut conversation).await;

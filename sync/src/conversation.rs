@@ -85,7 +85,7 @@ pub struct ParticipantRecord {
 }
 
 /// Records that appeared in a document between two versions ([`Conversation::changes_since`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Delta {
     /// New messages, in display order (sent_at_ms, id).
     pub messages: Vec<MessageRecord>,
@@ -103,7 +103,7 @@ impl Delta {
 }
 
 /// One chat message. Immutable once written.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MessageRecord {
     pub id: MessageId,
     /// The sending client's own id for the message, so the client can match its optimistic copy.
@@ -116,6 +116,20 @@ pub struct MessageRecord {
     /// byte-identical.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachment: Option<Attachment>,
+    /// What the receiving store's model read in a customer's message, written with the
+    /// message (so the hub and every store see the same reading); absent for staff, bot and
+    /// older messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<IntentRecord>,
+}
+
+/// An intent reading of one message: the label (`aisle_models::Intent::as_str`), its
+/// probability and the model that gave it (so a later model's readings can be told apart).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IntentRecord {
+    pub label: String,
+    pub confidence: f32,
+    pub model: String,
 }
 
 /// What a reader needs to show an attached image: the bytes themselves stay on the appliance
@@ -676,6 +690,7 @@ mod tests {
             body: format!("hello {n}"),
             sent_at_ms: at,
             attachment: None,
+            intent: None,
         }
     }
 

@@ -42,7 +42,9 @@ pub mod wire;
 
 /// Automerge's change hash (document heads), re-exported so users need not depend on automerge.
 pub use automerge::ChangeHash;
-pub use conversation::{Attachment, Conversation, Delta, MessageRecord, Meta, ParticipantRecord};
+pub use conversation::{
+    Attachment, Conversation, Delta, IntentRecord, MessageRecord, Meta, ParticipantRecord,
+};
 pub use error::SyncError;
 pub use hlc::{Hlc, HlcClock};
 pub use ids::{AttachmentId, ConversationId, CustomerId, EventId, MessageId, Participant, StaffId};

@@ -396,6 +396,7 @@ mod tests {
             body: "hello".into(),
             sent_at_ms: 1,
             attachment: None,
+            intent: None,
         })
         .expect("add");
         doc
@@ -581,6 +582,7 @@ mod tests {
                 body: "more".into(),
                 sent_at_ms: 2,
                 attachment: None,
+                intent: None,
             })
             .expect("add");
             doc.save_incremental();

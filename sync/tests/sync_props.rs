@@ -380,6 +380,7 @@ impl World {
                     body: body.clone(),
                     sent_at_ms: clock,
                     attachment: None,
+                    intent: None,
                 })
                 .expect("add message");
             }
@@ -589,6 +590,7 @@ fn msg(n: u128) -> MessageRecord {
         body: format!("Do you have size {n} in blue?"),
         sent_at_ms: n as u64,
         attachment: None,
+        intent: None,
     }
 }
 

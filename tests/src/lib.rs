@@ -26,8 +26,8 @@ pub mod ws;
 
 use std::ops::{Deref, DerefMut};
 
-pub use edge::{ADMIN_PASSWORD, ADMIN_USER, Edge, EdgeOptions};
-pub use http::{Http, Resp, StaffSession};
+pub use edge::{ADMIN_PASSWORD, ADMIN_USER, Edge, EdgeOptions, find_edge_binary};
+pub use http::{Http, Resp, StaffSession, metric_value};
 pub use hub::{HUB_ADMIN_PASSWORD, Hub, hub_status, wait_connected};
 pub use serde_json::{Value, json};
 pub use ws::{Json, RECV_TIMEOUT, Resumed, Ws, cmid, http_refusal, is_ulid};
@@ -204,4 +204,12 @@ pub async fn assert_send_still_acked(ws: &mut Ws, conversation_id: &str) -> Valu
         ))
     );
     ack
+}
+
+/// The repository's root (for files the tests read, like the committed model).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
 }

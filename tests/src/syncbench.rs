@@ -450,6 +450,7 @@ impl Conv {
                 body: BODY.to_string(),
                 sent_at_ms: now,
                 attachment: None,
+                intent: None,
             })?;
         }
         // Reading the heads closes the pending transaction: one change for the batch.

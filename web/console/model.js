@@ -98,16 +98,20 @@ export class Model {
 
   isTyping(c) { return c.typingUntil > Date.now(); }
 
-  /** The latest message carrying an `intent` (inference results, when the backend has them). */
+  /**
+   * What the model read in the customer's latest classified message (`intent` is
+   * `{label, confidence, model}`, set by the appliance on customer messages), and whether the
+   * chat is urgent (a complaint or a request for a person anywhere in it).
+   */
   assist(c) {
     const msgs = [...c.messages.values()].sort((a, b) => b.seq - a.seq);
-    const withIntent = msgs.find((m) => typeof m.intent === "string" && typeof m.confidence === "number");
-    const withSuggestions = msgs.find((m) => Array.isArray(m.suggestions) && m.suggestions.length);
+    const read = (m) => (m.intent && typeof m.intent === "object" && typeof m.intent.label === "string" ? m.intent : null);
+    const latest = msgs.map(read).find(Boolean) || null;
+    const urgent = msgs.some((m) => { const i = read(m); return i && (i.label === "complaint" || i.label === "human_agent"); });
     return {
-      intent: withIntent ? withIntent.intent : null,
-      confidence: withIntent ? withIntent.confidence : null,
-      suggestions: withSuggestions ? withSuggestions.suggestions.filter((s) => typeof s === "string"
-        || (s && typeof s.body === "string")).map((s) => (typeof s === "string" ? s : s.body)) : [],
+      intent: latest ? latest.label : null,
+      confidence: latest ? latest.confidence : null,
+      urgent,
     };
   }
 

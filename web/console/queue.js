@@ -20,13 +20,15 @@ export function mountQueue(root, model, { onOpen }) {
     const preview = last ? (last.body || (last.attachment ? t("list.image") : "")) : t("list.no_messages");
     const name = (c.customer && c.customer.name) || t("conv.customer");
     const waited = since ? Date.now() - since : 0;
+    const urgent = c.priority === "high" || model.assist(c).urgent;
     return h("li", {},
       h("button", {
         type: "button", class: "conv-item", testid: "conv-item",
         dataset: { conversationId: c.id }, "aria-current": c.id === model.openId ? "true" : "false",
         onclick: () => onOpen(c.id),
       },
-      h("span", { class: "name" }, name),
+      h("span", { class: "name" }, name,
+        urgent ? h("span", { class: "urgent-badge", testid: "urgent-badge" }, t("list.urgent")) : null),
       h("span", {
         class: `unread-count${unread ? "" : " zero"}`, testid: "unread-count",
         "aria-label": t("list.unread", { n: unread }),
@@ -43,7 +45,9 @@ export function mountQueue(root, model, { onOpen }) {
     const mine = model.mine();
     // Until the user picks a tab, show the one where work is.
     if (!userPickedTab && queue.length === 0 && mine.length > 0) tab = "mine";
-    const list = tab === "queue" ? queue : mine;
+    // Urgent chats (a complaint, a request for a person) first, then as the model orders them.
+    const urgent = (c) => (c.priority === "high" || model.assist(c).urgent ? 1 : 0);
+    const list = (tab === "queue" ? queue : mine).slice().sort((a, b) => urgent(b) - urgent(a));
     const tabButton = (id, label, n) => h("button", {
       type: "button", role: "tab", testid: `tab-${id}`, id: `tab-${id}`,
       "aria-selected": tab === id ? "true" : "false", "aria-controls": "conv-list",

@@ -1,10 +1,12 @@
 //! Read queries, run on reader threads (`Reader::read`).
 
-use aisle_sync::{Attachment, ConversationId, CustomerId, Participant, StaffId, Status};
+use aisle_sync::{
+    Attachment, ConversationId, CustomerId, IntentRecord, Participant, StaffId, Status,
+};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::error::{ApiError, Code};
-use crate::frame::{CustomerRef, MessageView, StaffRef, StaffView, StateView, Summary};
+use crate::frame::{CustomerRef, MessageView, Priority, StaffRef, StaffView, StateView, Summary};
 
 /// A signed-in staff member.
 #[derive(Clone, Debug)]
@@ -137,8 +139,12 @@ pub struct Filter {
 }
 
 // A holder from another store (a continued conversation) is named from `remote_staff`.
+// `urgent` is derived from the messages' intents (a complaint or a request for a person),
+// never stored beside them.
 const SUMMARY_SELECT: &str = "SELECT c.id, c.status, c.agent_id, coalesce(s.name, rs.name),
-        c.customer_id, cu.display_name, c.last_seq, c.created_at_ms, c.last_message_at_ms
+        c.customer_id, cu.display_name, c.last_seq, c.created_at_ms, c.last_message_at_ms,
+        EXISTS (SELECT 1 FROM messages m WHERE m.conversation = c.rowid
+                AND m.intent IN ('complaint', 'human_agent'))
     FROM conversations c
     LEFT JOIN staff s ON s.id = c.agent_id
     LEFT JOIN remote_staff rs ON rs.id = c.agent_id
@@ -172,6 +178,11 @@ fn summary_row(r: &Row<'_>) -> rusqlite::Result<Summary> {
         last_seq: r.get::<_, i64>(6)? as u64,
         created_at_ms: r.get::<_, i64>(7)? as u64,
         last_message_at_ms: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+        priority: if r.get::<_, bool>(9)? {
+            Priority::High
+        } else {
+            Priority::Normal
+        },
     })
 }
 
@@ -312,7 +323,8 @@ pub fn history(
         return Ok(None);
     };
     let mut statement = conn.prepare_cached(
-        "SELECT seq, id, client_msg_id, sender_kind, sender_id, body, sent_at_ms, attachment
+        "SELECT seq, id, client_msg_id, sender_kind, sender_id, body, sent_at_ms, attachment,
+                intent, intent_confidence, intent_model
          FROM messages WHERE conversation = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
     let messages = statement
@@ -333,6 +345,14 @@ pub fn history(
                 body: r.get(5)?,
                 sent_at_ms: r.get::<_, i64>(6)? as u64,
                 attachment: attachment_column(7, r.get(7)?)?.as_ref().map(Into::into),
+                intent: match (r.get::<_, Option<String>>(8)?, r.get::<_, Option<f64>>(9)?) {
+                    (Some(label), Some(confidence)) => Some(IntentRecord {
+                        label,
+                        confidence: confidence as f32,
+                        model: r.get::<_, Option<String>>(10)?.unwrap_or_default(),
+                    }),
+                    _ => None,
+                },
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -397,11 +417,14 @@ pub struct CannedReply {
     pub body: String,
     /// `store` (the store's admin manages it) or `hq` (set by HQ at the hub; read only here).
     pub source: String,
+    /// The intent this reply answers: suggested to staff for it; sent by the bot when the
+    /// store's bot policy allows that intent.
+    pub intent: Option<String>,
 }
 
 pub fn canned_replies(conn: &Connection) -> Result<Vec<CannedReply>, ApiError> {
     let mut statement = conn.prepare_cached(
-        "SELECT id, shortcut, title, body, source FROM canned_replies ORDER BY shortcut, title",
+        "SELECT id, shortcut, title, body, source, intent FROM canned_replies ORDER BY shortcut, title",
     )?;
     let rows = statement
         .query_map([], |r| {
@@ -411,6 +434,7 @@ pub fn canned_replies(conn: &Connection) -> Result<Vec<CannedReply>, ApiError> {
                 title: r.get(2)?,
                 body: r.get(3)?,
                 source: r.get(4)?,
+                intent: r.get(5)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

@@ -180,6 +180,28 @@ const MIGRATIONS: &[&str] = &[
     -- The message's attachment (JSON of aisle_sync::Attachment), NULL for text only.
     ALTER TABLE messages ADD COLUMN attachment TEXT;
     "#,
+    // 5: intents read by the on-device model, and the guarded bot.
+    r#"
+    -- A customer message's intent (aisle_models::Intent label), its probability and the model
+    -- version; NULL for other senders. A conversation's priority is derived from these.
+    ALTER TABLE messages ADD COLUMN intent TEXT;
+    ALTER TABLE messages ADD COLUMN intent_confidence REAL;
+    ALTER TABLE messages ADD COLUMN intent_model TEXT;
+    -- The intent a canned reply answers: suggested to staff for it, sent by the bot when the
+    -- store admin allows the bot that intent.
+    ALTER TABLE canned_replies ADD COLUMN intent TEXT;
+    -- Every answer the bot gave, append-only: what it read, how sure it was, what it sent.
+    CREATE TABLE bot_answers (
+        message_id    TEXT PRIMARY KEY,
+        conversation  TEXT NOT NULL,
+        answered_id   TEXT NOT NULL,
+        intent        TEXT NOT NULL,
+        confidence    REAL NOT NULL,
+        model         TEXT NOT NULL,
+        canned_reply  TEXT NOT NULL,
+        at_ms         INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Number of migrations this binary knows.

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use aisle_sync::{
     Attachment, AttachmentId, Conversation, ConversationId, CustomerId, Event, EventId, EventKind,
-    Fold, HlcClock, MessageId, MessageRecord, Meta, Participant, ParticipantRecord, SCHEMA_VERSION,
-    StaffId, Status,
+    Fold, HlcClock, IntentRecord, MessageId, MessageRecord, Meta, Participant, ParticipantRecord,
+    SCHEMA_VERSION, StaffId, Status,
 };
 use lru::LruCache;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -35,6 +35,7 @@ use crate::metrics::METRICS;
 use crate::now_ms;
 use crate::routing::{self, Candidate};
 
+mod bot;
 pub mod replica;
 
 /// Who acts: customers act on their own conversations, staff on the store's.
@@ -73,6 +74,9 @@ pub struct SendCmd {
     pub body: String,
     /// An upload of this sender's (`POST /api/attachments`), checked here.
     pub attachment: Option<AttachmentId>,
+    /// What the model read in a customer's message (read before the command was sent, off
+    /// this thread); `None` for staff or when the classifier did not answer in time.
+    pub intent: Option<IntentRecord>,
     /// The sending connection: it gets the ack, not a copy of the message, and starts
     /// watching the conversation once the writer has checked it may.
     pub origin: Option<ConnId>,
@@ -472,6 +476,7 @@ fn apply(
                 cmd.client_msg_id,
                 cmd.body,
                 cmd.attachment,
+                cmd.intent,
                 origin,
                 out,
             );
@@ -826,10 +831,10 @@ fn send(
     client_msg_id: String,
     body: String,
     attachment: Option<AttachmentId>,
+    intent: Option<IntentRecord>,
     origin: Option<ConnId>,
     out: &mut Outbox,
 ) -> Result<Ack, ApiError> {
-    let now = now_ms();
     let limits = state.limits.clone();
     let Some(hot) = hot(db, state, conversation, out)? else {
         return Err(not_found());
@@ -929,12 +934,65 @@ fn send(
         Some(id) => Some(own_attachment(db, id, &actor.participant())?),
         None => None,
     };
-    let attachment_json = attachment
+    let customer_intent = intent.clone();
+    let view = append_message(
+        db,
+        state,
+        conversation,
+        NewMessage {
+            sender: actor.participant(),
+            client_msg_id,
+            body,
+            attachment,
+            intent,
+        },
+        origin,
+        out,
+    )?;
+    let ack = Ack {
+        conversation_id: conversation,
+        client_msg_id: view.client_msg_id.clone(),
+        message_id: view.id,
+        seq: view.seq,
+        sent_at_ms: view.sent_at_ms,
+        duplicate: false,
+    };
+    if let (Actor::Customer(_), Some(intent)) = (actor, customer_intent) {
+        bot::answer(db, state, conversation, view.id, &intent, out)?;
+    }
+    Ok(ack)
+}
+
+/// A message about to be written: what the sender said and what the model read in it.
+pub struct NewMessage {
+    pub sender: Participant,
+    pub client_msg_id: String,
+    pub body: String,
+    pub attachment: Option<Attachment>,
+    pub intent: Option<IntentRecord>,
+}
+
+/// Writes a new message of a loaded conversation: its row (next `seq`), the document (at the
+/// end of the batch, same transaction) and the `message` frame to everyone but `origin`.
+fn append_message(
+    db: &Connection,
+    state: &mut State,
+    conversation: ConversationId,
+    m: NewMessage,
+    origin: Option<ConnId>,
+    out: &mut Outbox,
+) -> Result<MessageView, ApiError> {
+    let now = now_ms();
+    let attachment_json = m
+        .attachment
         .as_ref()
         .map(serde_json::to_string)
         .transpose()
         .map_err(ApiError::internal)?;
-    let hot = state.docs.get_mut(&conversation).expect("loaded above");
+    let hot = state
+        .docs
+        .get_mut(&conversation)
+        .expect("loaded by the caller");
     let id = MessageId::from_ulid(
         state
             .ids
@@ -942,50 +1000,47 @@ fn send(
             .map_err(|_| ApiError::internal("message id space exhausted this millisecond"))?,
     );
     let seq = hot.last_seq + 1;
-    let sender = actor.participant();
-    let (sender_kind, sender_id) = participant_columns(&sender);
+    let (sender_kind, sender_id) = participant_columns(&m.sender);
     db.prepare_cached(
-        "INSERT INTO messages (conversation, seq, id, client_msg_id, sender_kind, sender_id, body, sent_at_ms, attachment)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO messages (conversation, seq, id, client_msg_id, sender_kind, sender_id, body,
+                               sent_at_ms, attachment, intent, intent_confidence, intent_model)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         hot.rowid,
         seq as i64,
         id.to_string(),
-        client_msg_id,
+        m.client_msg_id,
         sender_kind,
         sender_id,
-        body,
+        m.body,
         now as i64,
-        attachment_json
+        attachment_json,
+        m.intent.as_ref().map(|i| i.label.as_str()),
+        m.intent.as_ref().map(|i| i.confidence as f64),
+        m.intent.as_ref().map(|i| i.model.as_str()),
     ])?;
+    let staff = matches!(m.sender, Participant::Staff(_));
     let record = MessageRecord {
         id,
-        client_msg_id,
-        sender,
-        body,
+        client_msg_id: m.client_msg_id,
+        sender: m.sender,
+        body: m.body,
         sent_at_ms: now,
-        attachment,
+        attachment: m.attachment,
+        intent: m.intent,
     };
     // Into the document at the end of the batch (`prepare`), in the same transaction.
     hot.pending_messages.push(record.clone());
     hot.last_seq = seq;
     hot.last_message_at_ms = Some(now);
-    if matches!(actor, Actor::Staff { .. }) && hot.first_response_at_ms.is_none() {
+    if staff && hot.first_response_at_ms.is_none() {
         hot.first_response_at_ms = Some(now);
     }
     hot.dirty = true;
     METRICS.messages_persisted.inc();
 
-    let view = MessageView {
-        seq,
-        id,
-        client_msg_id: record.client_msg_id,
-        sender: record.sender,
-        body: record.body,
-        sent_at_ms: now,
-        attachment: record.attachment.as_ref().map(Into::into),
-    };
+    let view = MessageView::of(seq, record);
     let text = ServerFrame::Message {
         conversation_id: conversation,
         message: &view,
@@ -999,14 +1054,7 @@ fn send(
             ..Targets::default()
         },
     ));
-    Ok(Ack {
-        conversation_id: conversation,
-        client_msg_id: view.client_msg_id,
-        message_id: id,
-        seq,
-        sent_at_ms: now,
-        duplicate: false,
-    })
+    Ok(view)
 }
 
 fn start(
@@ -1494,8 +1542,11 @@ fn drain_queue(db: &Connection, state: &mut State, out: &mut Outbox) -> Result<(
     }
     let queued: Vec<String> = db
         .prepare_cached(
-            "SELECT id FROM conversations WHERE status IN ('queued', 'reopened')
-             ORDER BY created_at_ms LIMIT ?1",
+            "SELECT c.id FROM conversations c WHERE c.status IN ('queued', 'reopened')
+             ORDER BY EXISTS (SELECT 1 FROM messages m WHERE m.conversation = c.rowid
+                              AND m.intent IN ('complaint', 'human_agent')) DESC,
+                      c.created_at_ms
+             LIMIT ?1",
         )?
         .query_map([MAX_PER_BATCH as i64], |r| r.get(0))?
         .collect::<Result<_, _>>()?;

@@ -1310,6 +1310,7 @@ mod tests {
                 body: body.into(),
                 sent_at_ms: at,
                 attachment: None,
+                intent: None,
             })
             .unwrap();
         };
@@ -1464,6 +1465,7 @@ mod tests {
             body: "stored before the projection existed".into(),
             sent_at_ms: 2_000,
             attachment: None,
+            intent: None,
         })
         .unwrap();
         // As a hub of schema version 1 stored it: the document, no projection.

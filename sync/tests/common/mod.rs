@@ -89,6 +89,7 @@ pub fn arb_messages(max: usize) -> impl Strategy<Value = Vec<MessageRecord>> {
                 body,
                 sent_at_ms,
                 attachment: None,
+                intent: None,
             })
             .collect()
     })

@@ -409,8 +409,9 @@ fn project(
         let insert = |client_msg_id: &str| -> Result<usize, ApiError> {
             Ok(db
                 .prepare_cached(
-                    "INSERT INTO messages (conversation, seq, id, client_msg_id, sender_kind, sender_id, body, sent_at_ms, attachment)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
+                    "INSERT INTO messages (conversation, seq, id, client_msg_id, sender_kind, sender_id, body,
+                                           sent_at_ms, attachment, intent, intent_confidence, intent_model)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT DO NOTHING",
                 )?
                 .execute(params![
                     hot.rowid,
@@ -421,7 +422,10 @@ fn project(
                     sender_id,
                     message.body,
                     message.sent_at_ms as i64,
-                    attachment_json
+                    attachment_json,
+                    message.intent.as_ref().map(|i| i.label.as_str()),
+                    message.intent.as_ref().map(|i| i.confidence as f64),
+                    message.intent.as_ref().map(|i| i.model.as_str()),
                 ])?)
         };
         // A client id is unique per conversation only on the store that accepted the message
@@ -436,15 +440,7 @@ fn project(
             hot.first_response_at_ms = Some(message.sent_at_ms);
         }
         METRICS.messages_merged.inc();
-        let view = MessageView {
-            seq,
-            id: message.id,
-            client_msg_id: message.client_msg_id,
-            sender: message.sender,
-            body: message.body,
-            sent_at_ms: message.sent_at_ms,
-            attachment: message.attachment.as_ref().map(Into::into),
-        };
+        let view = MessageView::of(seq, message);
         let text = ServerFrame::Message {
             conversation_id: id,
             message: &view,
