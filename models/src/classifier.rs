@@ -165,3 +165,46 @@ fn worker(rx: &Mutex<Receiver<Job>>, model: &ArcSwap<Model>) {
         let _ = job.reply.send(result);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_answers_overloaded_at_once() {
+        // No worker drains this queue: one message fills it.
+        let (queue, _rx) = mpsc::sync_channel::<Job>(1);
+        let classifier = Classifier {
+            model: Arc::new(ArcSwap::from_pointee(Model::embedded().unwrap())),
+            queue,
+            queue_limit_requests: 1,
+        };
+        let (reply, _answer) = oneshot::channel();
+        classifier
+            .queue
+            .try_send(Job {
+                text: "waiting".into(),
+                reply,
+            })
+            .unwrap();
+        assert!(matches!(
+            classifier.classify("one too many").await,
+            Err(ModelError::Overloaded(1))
+        ));
+    }
+
+    #[tokio::test]
+    async fn stopped_workers_answer_stopped() {
+        let (queue, rx) = mpsc::sync_channel::<Job>(4);
+        drop(rx);
+        let classifier = Classifier {
+            model: Arc::new(ArcSwap::from_pointee(Model::embedded().unwrap())),
+            queue,
+            queue_limit_requests: 4,
+        };
+        assert!(matches!(
+            classifier.classify("anyone there?").await,
+            Err(ModelError::Stopped)
+        ));
+    }
+}
