@@ -71,11 +71,11 @@ impl Classifier {
             Some(p) => Model::load(p)?,
             None => Model::embedded()?,
         };
-        Ok(Classifier::with_model(model, &options))
+        Classifier::with_model(model, &options)
     }
 
     /// Starts the workers on an already loaded model (`options.model_path` is ignored).
-    pub fn with_model(model: Model, options: &ClassifierOptions) -> Classifier {
+    pub fn with_model(model: Model, options: &ClassifierOptions) -> Result<Classifier, ModelError> {
         let model = Arc::new(ArcSwap::from_pointee(model));
         let limit = options.queue_limit_requests.max(1);
         let (queue, rx) = mpsc::sync_channel::<Job>(limit);
@@ -86,13 +86,13 @@ impl Classifier {
             thread::Builder::new()
                 .name(format!("aisle-intent-{i}"))
                 .spawn(move || worker(&rx, &model))
-                .expect("spawning a classifier thread");
+                .map_err(ModelError::Spawn)?;
         }
-        Classifier {
+        Ok(Classifier {
             model,
             queue,
             queue_limit_requests: limit,
-        }
+        })
     }
 
     /// Classifies `text` on a worker thread. `Overloaded` when `queue_limit_requests`
@@ -133,7 +133,7 @@ impl Classifier {
             .spawn(move || {
                 let _ = tx.send(Model::load(&path));
             })
-            .map_err(|e| ModelError::Run(format!("spawning the loader thread: {e}")))?;
+            .map_err(ModelError::Spawn)?;
         let model = rx.await.map_err(|_| ModelError::Stopped)??;
         Ok(self.swap(model))
     }
@@ -163,5 +163,48 @@ fn worker(rx: &Mutex<Receiver<Job>>, model: &ArcSwap<Model>) {
         let result = model.load().classify(&job.text);
         // The caller may have gone away (its future dropped): nothing to answer then.
         let _ = job.reply.send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_answers_overloaded_at_once() {
+        // No worker drains this queue: one message fills it.
+        let (queue, _rx) = mpsc::sync_channel::<Job>(1);
+        let classifier = Classifier {
+            model: Arc::new(ArcSwap::from_pointee(Model::embedded().unwrap())),
+            queue,
+            queue_limit_requests: 1,
+        };
+        let (reply, _answer) = oneshot::channel();
+        classifier
+            .queue
+            .try_send(Job {
+                text: "waiting".into(),
+                reply,
+            })
+            .unwrap();
+        assert!(matches!(
+            classifier.classify("one too many").await,
+            Err(ModelError::Overloaded(1))
+        ));
+    }
+
+    #[tokio::test]
+    async fn stopped_workers_answer_stopped() {
+        let (queue, rx) = mpsc::sync_channel::<Job>(4);
+        drop(rx);
+        let classifier = Classifier {
+            model: Arc::new(ArcSwap::from_pointee(Model::embedded().unwrap())),
+            queue,
+            queue_limit_requests: 4,
+        };
+        assert!(matches!(
+            classifier.classify("anyone there?").await,
+            Err(ModelError::Stopped)
+        ));
     }
 }

@@ -36,6 +36,9 @@ pub enum ModelError {
     /// The classifier's queue is full (the edge should answer without an intent).
     #[error("classifier queue full ({0} requests waiting)")]
     Overloaded(usize),
+    /// A classifier or loader thread could not be started.
+    #[error("starting a classifier thread: {0}")]
+    Spawn(#[source] std::io::Error),
     /// The classifier's workers are gone (shut down).
     #[error("classifier stopped")]
     Stopped,

@@ -53,3 +53,31 @@ fn golden_features_match_python() {
 fn random_unicode_matches_python() {
     assert!(check_file("random_unicode.jsonl") >= 500);
 }
+
+/// Every code point assigned in Python's Unicode version, normalised alone, against Python.
+/// Needs a file from the Python side, so it is run by hand:
+///
+/// ```sh
+/// python3 models/train/golden.py every-code-point /tmp/every-code-point.jsonl
+/// AISLE_EVERY_CODE_POINT=/tmp/every-code-point.jsonl \
+///   cargo test --release -p aisle-models --test features -- --ignored
+/// ```
+#[test]
+#[ignore = "needs AISLE_EVERY_CODE_POINT from models/train/golden.py"]
+fn every_assigned_code_point_matches_python() {
+    let path = std::env::var("AISLE_EVERY_CODE_POINT").expect("AISLE_EVERY_CODE_POINT");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut differ = Vec::new();
+    let mut n = 0;
+    for line in text.lines() {
+        let (cp, want): (u32, String) = serde_json::from_str(line).unwrap();
+        let c = char::from_u32(cp).unwrap();
+        let got = features::normalize(&c.to_string());
+        if got != want {
+            differ.push(format!("U+{cp:04X}: rust {got:?} python {want:?}"));
+        }
+        n += 1;
+    }
+    eprintln!("{n} code points, {} differ", differ.len());
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}

@@ -111,5 +111,23 @@ def random_records() -> list[dict]:
     return [vec_record(t) for t in random_strings()]
 
 
+def write_every_code_point(path) -> int:
+    """normalize() of every code point assigned in Python's Unicode version, one JSON array
+    [code point, normalised] a line: the input of the Rust side's exhaustive check (ignored
+    test `every_assigned_code_point_matches_python`, FEATURES.md "Unicode versions")."""
+    n = 0
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for cp in range(0x110000):
+            if assigned(cp):
+                f.write(json.dumps([cp, F.normalize(chr(cp))], ensure_ascii=False) + "\n")
+                n += 1
+    return n
+
+
 if __name__ == "__main__":
-    print(json.dumps(random_strings(count=5), ensure_ascii=True), file=sys.stderr)
+    # python3 golden.py every-code-point OUT.jsonl
+    if len(sys.argv) == 3 and sys.argv[1] == "every-code-point":
+        print(f"{write_every_code_point(sys.argv[2])} code points", file=sys.stderr)
+    else:
+        print("usage: golden.py every-code-point OUT.jsonl", file=sys.stderr)
+        sys.exit(2)

@@ -21,6 +21,7 @@
 pub mod edge;
 pub mod http;
 pub mod hub;
+pub mod inferencebench;
 pub mod syncbench;
 pub mod ws;
 

@@ -16,6 +16,8 @@
 //!   simulated stores push conversations over the sync protocol; messages per second the hub
 //!   acknowledged, and the catch-up time of a store that wrote `--catchup-messages` offline
 //!   (see `aisle_tests::syncbench`).
+//! - `inference`: the intent classifier (aisle-models) alone, on one thread: model load time,
+//!   per-message classify latency p50/p99 over models/data (see `aisle_tests::inferencebench`).
 //!
 //! `--json` prints one JSON object per scenario on stdout and nothing else there; progress
 //! goes to stderr. `--duration-secs` bounds each measured run.
@@ -82,6 +84,24 @@ enum Cmd {
     All(AllArgs),
     /// Hub sync: stores pushing conversations into aisle-hub; merged messages/s, catch-up.
     Sync(SyncArgs),
+    /// Intent classifier: model load time and classify latency on one thread.
+    Inference(InferenceArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct InferenceArgs {
+    /// A model file instead of the embedded models/intent.onnx.
+    #[arg(long)]
+    model: Option<std::path::PathBuf>,
+    /// The messages: a models/data directory (`<lang>/<label>.txt`).
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// Timed passes over the messages.
+    #[arg(long, default_value_t = 5)]
+    passes: usize,
+    /// Model loads timed (the median is `model_load_ms`).
+    #[arg(long, default_value_t = 5)]
+    load_runs: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -170,6 +190,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Throughput(a) => vec![throughput(&cli, a).await?],
         Cmd::Switch(a) => vec![switch(&cli, a).await?],
         Cmd::Startup(a) => vec![startup(&cli, a).await?],
+        Cmd::Inference(a) => vec![aisle_tests::inferencebench::run(
+            &aisle_tests::inferencebench::InferenceBenchOptions {
+                model: a.model.clone(),
+                data_dir: a
+                    .data
+                    .clone()
+                    .unwrap_or_else(aisle_tests::inferencebench::default_data_dir),
+                passes: a.passes,
+                load_runs: a.load_runs,
+            },
+        )?],
         Cmd::Sync(a) => {
             let o = SyncBenchOptions {
                 url: cli.url.clone(),
@@ -256,6 +287,14 @@ fn emit(cli: &Cli, r: &Value) {
             f("ready_min_ms"),
             f("ready_max_ms"),
             f("first_run_ready_ms")
+        ),
+        Some("inference") => println!(
+            "inference: {} classifications on one thread: p50 {:.1} us, p99 {:.1} us; model load {:.2} ms (median of {})",
+            r["messages"],
+            f("classify_p50_us"),
+            f("classify_p99_us"),
+            f("model_load_ms"),
+            r["load_runs"]
         ),
         _ => println!("{r}"),
     }
