@@ -481,6 +481,78 @@ test("canned reply created on the admin page, chosen with / in the composer", as
   }
 });
 
+test("bot: a canned reply tagged with an intent, the bot policy, a bot answer and the assist panel", async () => {
+  const edge = await startEdge();
+  try {
+    const staff = await newPage(browser, { origins: [edge.url] });
+    const { page } = staff;
+    await login(page, edge);
+
+    // Tag a canned reply with the intent it answers.
+    const hours = "We are open 9:00–21:00 every day.";
+    await page.getByTestId("nav-admin").click();
+    await page.getByTestId("admin-canned-shortcut").fill("hours");
+    await page.getByTestId("admin-canned-title").fill("Opening hours");
+    await page.getByTestId("admin-canned-body").fill(hours);
+    await page.getByTestId("admin-canned-intent").selectOption("store_info");
+    await page.getByTestId("admin-canned-create").click();
+    const row = page.locator('[data-testid="admin-canned-row"]', { hasText: "/hours" });
+    await waitText(row, "store information");
+    assert.equal(await row.getByTestId("admin-canned-row-intent").getAttribute("data-intent"), "store_info");
+
+    // The bot policy: complaints and requests for a person can not be handed to the bot.
+    const bot = page.getByTestId("admin-bot");
+    const box = (intent) => bot.locator(`[data-testid="admin-bot-intent"][data-intent="${intent}"]`);
+    await eventually(async () => assert.equal(await box("store_info").isEnabled(), true));
+    assert.equal(await bot.getByTestId("admin-bot-intent").count(), 12);
+    for (const intent of ["complaint", "human_agent"]) {
+      assert.equal(await box(intent).isDisabled(), true, intent);
+      assert.equal(await box(intent).isChecked(), false, intent);
+    }
+    await waitText(bot, "always goes to a person");
+    assert.equal(await bot.getByTestId("admin-bot-threshold").inputValue(), "85");
+    await box("store_info").check();
+    // Out of range: refused clearly, nothing saved.
+    await bot.getByTestId("admin-bot-threshold").fill("40");
+    await bot.getByTestId("admin-bot-save").click();
+    await waitText(bot.getByTestId("admin-bot-message"), "between 50 and 100");
+    await bot.getByTestId("admin-bot-threshold").fill("50");
+    await bot.getByTestId("admin-bot-save").click();
+    await waitText(bot.getByTestId("admin-bot-message"), "Saved");
+    const token = await edge.login();
+    const policy = await (await fetch(`${edge.url}/api/bot-policy`, { headers: { Authorization: `Bearer ${token}` } })).json();
+    assert.deepEqual(policy.bot_policy, { intents: ["store_info"], min_confidence: 0.5 });
+
+    // A customer asks; the bot answers with the tagged reply.
+    await page.getByTestId("nav-console").click();
+    const customer = await openCustomer(edge, "Guo");
+    await customer.say("what time do you open on sunday?");
+    const answer = await customer.heard(hours);
+    assert.equal(answer.sender.kind, "bot");
+
+    // The console shows it as the bot's; the assist panel names the intent and suggests the reply.
+    await page.getByTestId("tab-mine").click();
+    await item(page, customer.conversationId).click();
+    const botMsg = page.locator('[data-testid="message"][data-sender-kind="bot"]', { hasText: hours });
+    await botMsg.waitFor();
+    await waitText(botMsg, "Bot");
+    const assist = page.getByTestId("assist-panel");
+    await eventually(async () => assert.equal(await assist.getByTestId("assist-intent").getAttribute("data-intent"), "store_info"));
+    await waitText(assist.getByTestId("assist-suggestion").first(), hours);
+    await shot(page, "console-bot");
+
+    // The admin page lists the answer.
+    await page.getByTestId("nav-admin").click();
+    await waitText(bot.getByTestId("admin-bot-answer").first(), "/hours");
+
+    assertClean(staff, customer);
+    await staff.context.close();
+    await customer.close();
+  } finally {
+    await edge.cleanup();
+  }
+});
+
 test("hub banner while the regional hub is down; chatting keeps working", async () => {
   const hub = await startHub();
   const edge = await startEdge({ hub });

@@ -1,10 +1,15 @@
 // The store admin page (role admin only; the server refuses the others with 403 anyway):
-// staff accounts and canned replies. HQ canned replies (`source: hq`) are synced from the hub
-// and shown read-only.
+// staff accounts, canned replies (each optionally answering one intent) and the bot policy.
+// HQ canned replies (`source: hq`) are synced from the hub and shown read-only.
 
 import { api } from "/common/api.js";
-import { t, onLangChange } from "/common/i18n.js";
+import { t, lang, onLangChange } from "/common/i18n.js";
 import { h, replace } from "./dom.js";
+
+/** The labels of the appliance's intent model (docs/api.md, "Intents, suggestions and the bot"). */
+const INTENTS = ["order_status", "return_refund", "product_availability", "product_info", "price_promotion",
+  "store_info", "payment", "membership", "complaint", "human_agent", "greeting", "other"];
+const percent = (x) => Math.round(x * 100); // 0.8500000238 (an f32 on the server) → 85
 
 export function mountAdmin(root, { token, me, onCannedChanged }) {
   let staff = [];
@@ -14,9 +19,14 @@ export function mountAdmin(root, { token, me, onCannedChanged }) {
   let editingCanned = null; // id
   let staffMessage = null; // {ok, text}
   let cannedMessage = null;
+  let bot = null; // {bot_policy:{intents, min_confidence}, never}
+  let botAnswers = null; // null: not loaded (or not allowed)
+  let botMessage = null;
+  // The bot form's unsaved choices; reset from the server on each load of the policy.
+  const botDraft = { intents: new Set(), threshold: "85" };
   // Values typed into the create forms survive re-renders (language switch, list reloads).
   const staffDraft = { username: "", name: "", password: "", role: "staff", capacity: "8" };
-  const cannedDraft = { shortcut: "", title: "", body: "" };
+  const cannedDraft = { shortcut: "", title: "", body: "", intent: "" };
 
   function problem(err) {
     if (err.code === "conflict") return t("admin.error.conflict");
@@ -34,6 +44,37 @@ export function mountAdmin(root, { token, me, onCannedChanged }) {
       staffMessage = { ok: false, text: problem(err) };
     }
     render();
+  }
+
+  async function loadBot() {
+    try {
+      bot = await api("/api/bot-policy", { token });
+      botDraft.intents = new Set(bot.bot_policy.intents);
+      botDraft.threshold = String(percent(bot.bot_policy.min_confidence));
+    } catch (err) {
+      botMessage = { ok: false, text: problem(err) };
+    }
+    try { botAnswers = (await api("/api/bot-answers?limit=10", { token })).bot_answers || []; } catch { botAnswers = null; }
+    render();
+  }
+
+  async function saveBot() {
+    const pct = Number(botDraft.threshold);
+    if (!botDraft.threshold.trim() || !Number.isFinite(pct) || pct < 50 || pct > 100) {
+      botMessage = { ok: false, text: t("admin.bot.error.threshold") };
+      render();
+      return;
+    }
+    const never = new Set(bot ? bot.never : []);
+    const body = { intents: INTENTS.filter((i) => botDraft.intents.has(i) && !never.has(i)), min_confidence: Math.round(pct) / 100 };
+    try {
+      await api("/api/bot-policy", { method: "PUT", token, body });
+      botMessage = { ok: true, text: t("admin.staff.saved") };
+      await loadBot();
+    } catch (err) {
+      botMessage = { ok: false, text: problem(err) };
+      render();
+    }
   }
 
   async function run(which, fn) {
@@ -61,6 +102,12 @@ export function mountAdmin(root, { token, me, onCannedChanged }) {
   function roleSelect(value, testid, onchange) {
     return h("select", { testid, onchange },
       ["staff", "admin"].map((r) => h("option", { value: r, selected: r === value }, t(`admin.role.${r}`))));
+  }
+
+  function intentSelect(value, testid, onchange, label) {
+    return h("select", { testid, onchange, ...(label ? { "aria-label": label } : {}) },
+      h("option", { value: "", selected: !value }, t("admin.canned.intent.none")),
+      INTENTS.map((i) => h("option", { value: i, selected: i === value }, t(`intent.${i}`))));
   }
 
   function message(m, testid) {
@@ -114,16 +161,17 @@ export function mountAdmin(root, { token, me, onCannedChanged }) {
   function cannedRow(r) {
     const hq = r.source === "hq";
     if (editingCanned === r.id && !hq) {
-      const edit = { shortcut: r.shortcut, title: r.title, body: r.body };
+      const edit = { shortcut: r.shortcut, title: r.title, body: r.body, intent: r.intent || "" };
       return h("tr", { testid: "admin-canned-row", dataset: { id: r.id, source: r.source } },
         h("td", {}, h("input", { testid: "admin-canned-edit-shortcut", value: r.shortcut, "aria-label": t("admin.canned.shortcut"), oninput: (e) => { edit.shortcut = e.target.value; } })),
         h("td", {}, h("input", { testid: "admin-canned-edit-title", value: r.title, "aria-label": t("admin.canned.title"), oninput: (e) => { edit.title = e.target.value; } })),
         h("td", {}, h("textarea", { testid: "admin-canned-edit-body", value: r.body, "aria-label": t("admin.canned.body"), oninput: (e) => { edit.body = e.target.value; } })),
+        h("td", {}, intentSelect(edit.intent, "admin-canned-edit-intent", (e) => { edit.intent = e.target.value; }, t("admin.canned.intent"))),
         h("td", {}, t("admin.canned.source.store")),
         h("td", { class: "row-actions" },
           h("button", {
             type: "button", class: "primary", testid: "admin-canned-save",
-            onclick: async () => { if (await run("canned", () => api(`/api/canned-replies/${encodeURIComponent(r.id)}`, { method: "PUT", token, body: { shortcut: edit.shortcut.trim(), title: edit.title.trim(), body: edit.body } }))) { editingCanned = null; render(); } },
+            onclick: async () => { if (await run("canned", () => api(`/api/canned-replies/${encodeURIComponent(r.id)}`, { method: "PUT", token, body: { shortcut: edit.shortcut.trim(), title: edit.title.trim(), body: edit.body, intent: edit.intent || null } }))) { editingCanned = null; render(); } },
           }, t("admin.canned.save")),
           h("button", { type: "button", onclick: () => { editingCanned = null; render(); } }, t("action.cancel"))));
     }
@@ -131,6 +179,7 @@ export function mountAdmin(root, { token, me, onCannedChanged }) {
       h("td", {}, `/${r.shortcut}`),
       h("td", {}, r.title),
       h("td", { style: "white-space:pre-wrap" }, r.body),
+      h("td", { testid: "admin-canned-row-intent", dataset: { intent: r.intent || "" } }, r.intent ? t(`intent.${r.intent}`) : "—"),
       h("td", {}, t(hq ? "admin.canned.source.hq" : "admin.canned.source.store")),
       h("td", { class: "row-actions" }, hq ? null : [
         h("button", { type: "button", testid: "admin-canned-edit", onclick: () => { editingCanned = r.id; render(); } }, t("admin.canned.edit")),
@@ -166,15 +215,19 @@ export function mountAdmin(root, { token, me, onCannedChanged }) {
       class: "admin-form", testid: "admin-canned-form", novalidate: true,
       onsubmit: async (e) => {
         e.preventDefault();
-        const body = { shortcut: cannedDraft.shortcut.trim().replace(/^\//, ""), title: cannedDraft.title.trim(), body: cannedDraft.body };
+        const body = {
+          shortcut: cannedDraft.shortcut.trim().replace(/^\//, ""), title: cannedDraft.title.trim(), body: cannedDraft.body,
+          intent: cannedDraft.intent || null,
+        };
         if (await run("canned", () => api("/api/canned-replies", { method: "POST", token, body }))) {
-          Object.assign(cannedDraft, { shortcut: "", title: "", body: "" });
+          Object.assign(cannedDraft, { shortcut: "", title: "", body: "", intent: "" });
           render();
         }
       },
     },
     field(cannedDraft, "shortcut", "admin-canned-shortcut", "admin.canned.shortcut"),
     field(cannedDraft, "title", "admin-canned-title", "admin.canned.title"),
+    h("label", {}, t("admin.canned.intent"), intentSelect(cannedDraft.intent, "admin-canned-intent", (e) => { cannedDraft.intent = e.target.value; })),
     field(cannedDraft, "body", "admin-canned-body", "admin.canned.body", { multiline: true, wide: true }),
     h("button", { type: "submit", class: "primary", testid: "admin-canned-create" }, t("admin.canned.create")));
 
@@ -192,16 +245,63 @@ export function mountAdmin(root, { token, me, onCannedChanged }) {
         h("h2", { id: "admin-canned-heading" }, t("admin.canned.heading")),
         canned.length
           ? h("table", { class: "admin-table", testid: "admin-canned-list" },
-            h("thead", {}, h("tr", {}, ["admin.canned.shortcut", "admin.canned.title", "admin.canned.body", "admin.canned.source",
+            h("thead", {}, h("tr", {}, ["admin.canned.shortcut", "admin.canned.title", "admin.canned.body", "admin.canned.intent", "admin.canned.source",
               "admin.actions"].map((k) => h("th", { scope: "col" }, t(k))))),
             h("tbody", {}, canned.map(cannedRow)))
           : h("p", { class: "muted" }, t("admin.canned.empty")),
         message(cannedMessage, "admin-canned-message"),
-        cannedForm));
+        cannedForm),
+      botSection());
+  }
+
+  function botSection() {
+    const never = new Set(bot ? bot.never : ["complaint", "human_agent"]);
+    const tagged = new Set(canned.map((r) => r.intent).filter(Boolean));
+    const box = (i) => {
+      const off = never.has(i);
+      const checked = !off && botDraft.intents.has(i);
+      // Checked, but no canned reply answers this intent: the bot would have nothing to say.
+      const hint = h("small", { class: "warn", hidden: !checked || tagged.has(i) }, t("admin.bot.untagged"));
+      return h("label", { class: `bot-intent${off ? " off" : ""}` },
+        h("input", {
+          type: "checkbox", testid: "admin-bot-intent", dataset: { intent: i }, checked, disabled: off || !bot,
+          onchange: (e) => {
+            if (e.target.checked) botDraft.intents.add(i); else botDraft.intents.delete(i);
+            hint.hidden = !e.target.checked || tagged.has(i);
+          },
+        }),
+        h("span", {}, t(`intent.${i}`), off ? h("small", { class: "muted" }, t("admin.bot.never")) : null, hint));
+    };
+    const cannedName = (id) => { const r = canned.find((c) => c.id === id); return r ? `/${r.shortcut}` : "—"; };
+    const when = (ms) => new Date(ms).toLocaleString(lang(), { dateStyle: "short", timeStyle: "short" });
+    return h("section", { class: "admin-section", testid: "admin-bot", "aria-labelledby": "admin-bot-heading" },
+      h("h2", { id: "admin-bot-heading" }, t("admin.bot.heading")),
+      h("p", { class: "muted" }, t("admin.bot.explain")),
+      h("form", {
+        class: "bot-form", novalidate: true,
+        onsubmit: (e) => { e.preventDefault(); saveBot(); },
+      },
+      h("fieldset", { class: "bot-intents" }, h("legend", {}, t("admin.bot.intents")), INTENTS.map(box)),
+      h("label", { class: "bot-threshold" }, t("admin.bot.threshold"),
+        h("span", {},
+          h("input", {
+            type: "number", min: "50", max: "100", step: "1", inputmode: "numeric", testid: "admin-bot-threshold",
+            value: botDraft.threshold, disabled: !bot, oninput: (e) => { botDraft.threshold = e.target.value; },
+          }), " %")),
+      message(botMessage, "admin-bot-message"),
+      h("button", { type: "submit", class: "primary", testid: "admin-bot-save", disabled: !bot }, t("admin.bot.save"))),
+      botAnswers === null ? null : [
+        h("h3", {}, t("admin.bot.recent")),
+        botAnswers.length
+          ? h("table", { class: "admin-table", testid: "admin-bot-answers" },
+            h("thead", {}, h("tr", {}, ["admin.bot.at", "admin.canned.intent", "admin.bot.confidence", "admin.bot.reply"].map((k) => h("th", { scope: "col" }, t(k))))),
+            h("tbody", {}, botAnswers.map((a) => h("tr", { testid: "admin-bot-answer", dataset: { conversationId: a.conversation_id } },
+              h("td", {}, when(a.at_ms)), h("td", {}, t(`intent.${a.intent}`)), h("td", {}, `${percent(a.confidence)} %`), h("td", {}, cannedName(a.canned_reply_id))))))
+          : h("p", { class: "muted" }, t("admin.bot.recent.empty"))]);
   }
 
   onLangChange(render);
   return {
-    show() { staffMessage = null; cannedMessage = null; render(); load(); },
+    show() { staffMessage = null; cannedMessage = null; botMessage = null; render(); load(); loadBot(); },
   };
 }

@@ -53,5 +53,9 @@ export function mountAssist(root, model, { onSuggestion }) {
   model.onChange((id) => { if (id === null || id === convId) render(); });
   onLangChange(render);
   render();
-  return { open(id) { convId = id; render(); } };
+  return {
+    open(id) { convId = id; render(); },
+    /** The admin page changed the canned replies: read them again next time. */
+    refreshCanned() { cannedAt = 0; },
+  };
 }

@@ -107,7 +107,7 @@ function start(token, staff) {
   });
   const assist = mountAssist($("#assist-panel"), model, { onSuggestion: (text) => conversation.insert(text) });
   const customerHistory = mountHistory($("#customer-history"), $("#transcript-dialog"), model, { token });
-  const admin = mountAdmin($("#admin-view"), { token, me: staff, onCannedChanged: () => conversation.refreshCanned() });
+  const admin = mountAdmin($("#admin-view"), { token, me: staff, onCannedChanged: () => { conversation.refreshCanned(); assist.refreshCanned(); } });
   const unsubscribeLang = onLangChange(() => { renderConn(connStatus); renderWho(); });
 
   // Names of colleagues for staff messages in the history (transfers bring their messages).
