@@ -23,7 +23,7 @@ pub fn is_urgent(label: &str) -> bool {
 }
 
 /// Lowest threshold an admin may set: below it the bot would answer on a coin toss.
-pub const MIN_CONFIDENCE_FLOOR: f32 = 0.5;
+pub const MIN_CONFIDENCE_FLOOR: f64 = 0.5;
 
 const SETTINGS_KEY: &str = "bot_policy";
 
@@ -36,10 +36,10 @@ pub struct BotPolicy {
     pub intents: Vec<String>,
     /// The model's probability a message must reach for the bot to answer it.
     #[serde(default = "default_min_confidence")]
-    pub min_confidence: f32,
+    pub min_confidence: f64,
 }
 
-fn default_min_confidence() -> f32 {
+fn default_min_confidence() -> f64 {
     0.85
 }
 
@@ -53,10 +53,16 @@ impl Default for BotPolicy {
 }
 
 impl BotPolicy {
-    /// Refuses unknown labels, `complaint` / `human_agent`, and thresholds outside
-    /// [`MIN_CONFIDENCE_FLOOR`, 1].
+    /// Refuses unknown labels, `complaint` / `human_agent`, a label named twice, and thresholds
+    /// outside [`MIN_CONFIDENCE_FLOOR`, 1].
     pub fn validate(&self) -> Result<(), ApiError> {
-        for label in &self.intents {
+        for (i, label) in self.intents.iter().enumerate() {
+            if self.intents[..i].contains(label) {
+                return Err(ApiError::new(
+                    Code::BadRequest,
+                    format!("intent {label:?} is named twice"),
+                ));
+            }
             let intent: Intent = label.parse().map_err(|_| {
                 ApiError::new(Code::BadRequest, format!("unknown intent {label:?}"))
             })?;
@@ -79,7 +85,7 @@ impl BotPolicy {
     /// Whether the bot may answer a message read as `intent`.
     pub fn allows(&self, intent: &IntentRecord) -> bool {
         !is_urgent(&intent.label)
-            && intent.confidence >= self.min_confidence
+            && f64::from(intent.confidence) >= self.min_confidence
             && self.intents.contains(&intent.label)
     }
 
@@ -157,5 +163,10 @@ mod tests {
             min_confidence: 0.2,
         };
         assert!(low.validate().is_err());
+        let twice = BotPolicy {
+            intents: vec!["store_info".into(), "store_info".into()],
+            min_confidence: 0.9,
+        };
+        assert!(twice.validate().is_err());
     }
 }
