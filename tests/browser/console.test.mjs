@@ -147,6 +147,22 @@ async function reply(page, text) {
   await page.locator('[data-testid="message"][data-sender-kind="staff"][data-seq]', { hasText: text }).waitFor();
 }
 
+/** Opens a chat from "My chats". */
+async function openChat(page, conversationId) {
+  await page.getByTestId("tab-mine").click();
+  await item(page, conversationId).click();
+}
+
+/** The admin signed in on a tablet, a customer who said `first`, and their chat open in the console. */
+async function consoleWithChat(edge, name, first) {
+  const staff = await newPage(browser, { origins: [edge.url] });
+  await login(staff.page, edge);
+  const customer = await openCustomer(edge, name);
+  await customer.say(first);
+  await openChat(staff.page, customer.conversationId);
+  return { staff, page: staff.page, customer };
+}
+
 function assertClean(...pages) {
   for (const p of pages) {
     assert.deepEqual(p.offOrigin, [], "no request may leave the origin");
@@ -245,13 +261,7 @@ test("reconnect after an appliance restart: the pending reply is sent once, noth
   // Two messages per resume at most: the console must follow `resumed.more` to get everything.
   const edge = await startEdge({ env: { AISLE_LIMITS__MAX_HISTORY_FRAMES: "2" } });
   try {
-    const staff = await newPage(browser, { origins: [edge.url] });
-    const { page } = staff;
-    await login(page, edge);
-    const customer = await openCustomer(edge, "Wu");
-    await customer.say("Is the café upstairs open?");
-    await page.getByTestId("tab-mine").click();
-    await item(page, customer.conversationId).click();
+    const { staff, page, customer } = await consoleWithChat(edge, "Wu", "Is the café upstairs open?");
     await reply(page, "Let me check for you.");
     await customer.heard("Let me check for you.");
 
@@ -293,13 +303,7 @@ test("reconnect after an appliance restart: the pending reply is sent once, noth
 test("image attachments both ways, and a refused upload shown clearly", async () => {
   const edge = await startEdge();
   try {
-    const staff = await newPage(browser, { origins: [edge.url] });
-    const { page } = staff;
-    await login(page, edge);
-    const customer = await openCustomer(edge, "Sun");
-    await customer.say("Do you have this lamp?");
-    await page.getByTestId("tab-mine").click();
-    await item(page, customer.conversationId).click();
+    const { staff, page, customer } = await consoleWithChat(edge, "Sun", "Do you have this lamp?");
 
     // The customer sends a photo.
     const up = await customer.upload(png(64, 48, [220, 120, 30]), "image/png");
@@ -429,8 +433,7 @@ test("canned reply created on the admin page, chosen with / in the composer", as
     await page.getByTestId("nav-console").click();
     const customer = await openCustomer(edge, "Chen");
     await customer.say("When are you open on Sunday?");
-    await page.getByTestId("tab-mine").click();
-    await item(page, customer.conversationId).click();
+    await openChat(page, customer.conversationId);
     await waitText(page.getByTestId("conv-status"), "Assigned");
 
     const input = page.getByTestId("composer-input");
@@ -531,8 +534,7 @@ test("bot: a canned reply tagged with an intent, the bot policy, a bot answer an
     assert.equal(answer.sender.kind, "bot");
 
     // The console shows it as the bot's; the assist panel names the intent and suggests the reply.
-    await page.getByTestId("tab-mine").click();
-    await item(page, customer.conversationId).click();
+    await openChat(page, customer.conversationId);
     const botMsg = page.locator('[data-testid="message"][data-sender-kind="bot"]', { hasText: hours });
     await botMsg.waitFor();
     await waitText(botMsg, "Bot");
@@ -569,8 +571,7 @@ test("hub banner while the regional hub is down; chatting keeps working", async 
 
     const customer = await openCustomer(edge, "Zhao");
     await customer.say("Is the store open today?");
-    await page.getByTestId("tab-mine").click();
-    await item(page, customer.conversationId).click();
+    await openChat(page, customer.conversationId);
     await reply(page, "Yes, until 21:00.");
     await customer.heard("Yes, until 21:00.");
 
@@ -598,13 +599,7 @@ test("hub banner while the regional hub is down; chatting keeps working", async 
 test("lifecycle actions, an error frame, the customer's other chats, staff admin", async () => {
   const edge = await startEdge();
   try {
-    const staff = await newPage(browser, { origins: [edge.url] });
-    const { page } = staff;
-    await login(page, edge);
-    const customer = await openCustomer(edge, "Ana");
-    await customer.say("First visit: where are the fitting rooms?");
-    await page.getByTestId("tab-mine").click();
-    await item(page, customer.conversationId).click();
+    const { staff, page, customer } = await consoleWithChat(edge, "Ana", "First visit: where are the fitting rooms?");
     const status = page.getByTestId("conv-status");
     await waitText(status, "Assigned");
 
