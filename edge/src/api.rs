@@ -62,14 +62,9 @@ impl FromRequestParts<Arc<App>> for StaffAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers)
-            .ok_or_else(|| ApiError::new(Code::Unauthorized, "missing bearer token"))?;
-        let hash = auth::token_hash(&token);
-        let session = app
-            .reader
-            .read(move |conn| queries::staff_by_session(conn, &hash, now_ms()))
-            .await?;
-        Ok(StaffAuth(session))
+        Ok(StaffAuth(
+            staff_session(app, &required_bearer(&parts.headers)?).await?,
+        ))
     }
 }
 
@@ -77,6 +72,19 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(axum::http::header::AUTHORIZATION)?;
     let value = value.to_str().ok()?;
     value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
+}
+
+/// The bearer token, or `unauthorized`.
+pub fn required_bearer(headers: &HeaderMap) -> Result<String, ApiError> {
+    bearer(headers).ok_or_else(|| ApiError::new(Code::Unauthorized, "missing bearer token"))
+}
+
+/// The live session of a staff token (only its hash is looked up).
+pub async fn staff_session(app: &App, token: &str) -> Result<StaffSession, ApiError> {
+    let hash = auth::token_hash(token);
+    app.reader
+        .read(move |conn| queries::staff_by_session(conn, &hash, now_ms()))
+        .await
 }
 
 impl StaffAuth {

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{ApiError, Code};
 use crate::frame::AttachmentView;
 use crate::metrics::METRICS;
-use crate::store::{queries, writer::uploader_key};
+use crate::store::writer::uploader_key;
 use crate::{App, auth, now_ms};
 
 /// The image types a chat shows, with the bytes each starts with.
@@ -51,18 +51,9 @@ fn dir(app: &App) -> PathBuf {
 
 /// Who is uploading: a staff session token or a customer's resume token.
 async fn uploader(app: &Arc<App>, headers: &HeaderMap) -> Result<Participant, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned())
-        .ok_or_else(|| ApiError::new(Code::Unauthorized, "missing bearer token"))?;
+    let token = crate::api::required_bearer(headers)?;
     if token.starts_with(auth::SESSION_TOKEN_PREFIX) {
-        let hash = auth::token_hash(&token);
-        let session = app
-            .reader
-            .read(move |conn| queries::staff_by_session(conn, &hash, now_ms()))
-            .await?;
+        let session = crate::api::staff_session(app, &token).await?;
         return Ok(Participant::Staff(session.staff.id));
     }
     let customer = app.tokens.verify(&token, now_ms() / 1000)?;

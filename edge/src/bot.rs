@@ -17,6 +17,15 @@ use crate::error::{ApiError, Code};
 /// Intents the bot may never answer, whatever a policy says.
 pub const NEVER: [Intent; 2] = [Intent::Complaint, Intent::HumanAgent];
 
+/// [`NEVER`] as an SQL list, for the queries that derive urgency from `messages.intent`
+/// (a macro so it can be `concat!`ed into `const` SQL; a test keeps it equal to `NEVER`).
+#[macro_export]
+macro_rules! urgent_intents_sql {
+    () => {
+        "('complaint', 'human_agent')"
+    };
+}
+
 /// Intents that make a conversation urgent: it goes to a person and up the queue.
 pub fn is_urgent(label: &str) -> bool {
     NEVER.iter().any(|i| i.as_str() == label)
@@ -125,6 +134,16 @@ mod tests {
             confidence,
             model: "m".into(),
         }
+    }
+
+    #[test]
+    fn the_sql_list_of_urgent_intents_is_never() {
+        let listed = NEVER
+            .iter()
+            .map(|i| format!("'{}'", i.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert_eq!(urgent_intents_sql!(), format!("({listed})"));
     }
 
     #[test]

@@ -141,14 +141,18 @@ pub struct Filter {
 // A holder from another store (a continued conversation) is named from `remote_staff`.
 // `urgent` is derived from the messages' intents (a complaint or a request for a person),
 // never stored beside them.
-const SUMMARY_SELECT: &str = "SELECT c.id, c.status, c.agent_id, coalesce(s.name, rs.name),
+const SUMMARY_SELECT: &str = concat!(
+    "SELECT c.id, c.status, c.agent_id, coalesce(s.name, rs.name),
         c.customer_id, cu.display_name, c.last_seq, c.created_at_ms, c.last_message_at_ms,
         EXISTS (SELECT 1 FROM messages m WHERE m.conversation = c.rowid
-                AND m.intent IN ('complaint', 'human_agent'))
+                AND m.intent IN ",
+    crate::urgent_intents_sql!(),
+    ")
     FROM conversations c
     LEFT JOIN staff s ON s.id = c.agent_id
     LEFT JOIN remote_staff rs ON rs.id = c.agent_id
-    LEFT JOIN customers cu ON cu.id = c.customer_id";
+    LEFT JOIN customers cu ON cu.id = c.customer_id"
+);
 
 fn parse<T: std::str::FromStr>(index: usize, text: String) -> rusqlite::Result<T>
 where

@@ -1541,13 +1541,13 @@ fn drain_queue(db: &Connection, state: &mut State, out: &mut Outbox) -> Result<(
         return Ok(());
     }
     let queued: Vec<String> = db
-        .prepare_cached(
+        .prepare_cached(concat!(
             "SELECT c.id FROM conversations c WHERE c.status IN ('queued', 'reopened')
              ORDER BY EXISTS (SELECT 1 FROM messages m WHERE m.conversation = c.rowid
-                              AND m.intent IN ('complaint', 'human_agent')) DESC,
-                      c.created_at_ms
-             LIMIT ?1",
-        )?
+                              AND m.intent IN ",
+            crate::urgent_intents_sql!(),
+            ") DESC, c.created_at_ms LIMIT ?1"
+        ))?
         .query_map([MAX_PER_BATCH as i64], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for id in queued {

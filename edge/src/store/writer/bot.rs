@@ -28,11 +28,13 @@ pub(super) fn answer(
     }
     // Once the customer has complained or asked for a person, only people answer.
     let escalated: bool = db
-        .prepare_cached(
+        .prepare_cached(concat!(
             "SELECT EXISTS (SELECT 1 FROM messages
                WHERE conversation = (SELECT rowid FROM conversations WHERE id = ?1)
-                 AND intent IN ('complaint', 'human_agent'))",
-        )?
+                 AND intent IN ",
+            crate::urgent_intents_sql!(),
+            ")"
+        ))?
         .query_row([conversation.to_string()], |r| r.get(0))?;
     if escalated {
         return Ok(());
