@@ -1,1 +1,264 @@
-fn main() {}
+//! `aisle-image`: build, provision, flash and verify Aisle appliance images; sign updates.
+//! docs/field-guide.md walks through the commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use aisle_image::arch::Arch;
+use aisle_image::{flash, image, provision, qemu, verify};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "aisle-image",
+    version,
+    about = "Build, provision, flash and verify Aisle store appliances"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the flashable disk image of an architecture (and its manifest).
+    Build {
+        #[arg(long, value_enum)]
+        arch: Arch,
+        /// Output directory.
+        #[arg(long, default_value = "target/images")]
+        out: PathBuf,
+        /// The static aisle-edge binary for the architecture (default: built with cargo).
+        #[arg(long, value_name = "FILE")]
+        edge_binary: Option<PathBuf>,
+        /// Where downloaded Debian packages are kept.
+        #[arg(long, default_value = "target/images/debs")]
+        cache: PathBuf,
+        /// Use only packages already in the cache.
+        #[arg(long)]
+        offline: bool,
+        /// Kernel package (default: Debian's cloud kernel; linux-image-amd64 / linux-image-arm64
+        /// has the drivers of physical boxes).
+        #[arg(long, value_name = "PACKAGE")]
+        kernel_package: Option<String>,
+        /// The image's version (default: the edge's version).
+        #[arg(long = "image-version", value_name = "VERSION")]
+        image_version: Option<String>,
+        /// Public key (aisle-image keygen) whose signed update bundles the box installs;
+        /// repeatable. Without one, the box refuses every update.
+        #[arg(long = "update-key", value_name = "FILE")]
+        update_keys: Vec<PathBuf>,
+        /// Size of the data partition.
+        #[arg(long, default_value_t = image::DEFAULT_DATA_MIB)]
+        data_mib: u64,
+        /// Seconds a newly installed slot has to report healthy before the box falls back.
+        #[arg(long, default_value_t = 120)]
+        trial_timeout_secs: u32,
+    },
+    /// Write a store's configuration into an image (or a flashed disk).
+    Provision {
+        image: PathBuf,
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        region: String,
+        /// The region's hub, e.g. http://hub.example:8090.
+        #[arg(long)]
+        hub: String,
+        /// The one-time token the hub printed when the store was registered.
+        #[arg(long)]
+        enroll_token: String,
+        /// Password of the store's first admin account (otherwise the box makes one and prints
+        /// it on its console).
+        #[arg(long, env = "AISLE_ADMIN_PASSWORD", hide_env_values = true)]
+        admin_password: Option<String>,
+    },
+    /// Write an image to a disk, read it back and compare.
+    Flash {
+        image: PathBuf,
+        /// The whole disk (e.g. /dev/sdb) or a file.
+        #[arg(long)]
+        device: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Ask a booted box (http://ADDRESS:8080) who it is and whether it syncs.
+    Verify {
+        url: String,
+        #[arg(long)]
+        expect_store: Option<String>,
+        #[arg(long)]
+        expect_region: Option<String>,
+        /// Also require that the box is enrolled and syncing with its hub.
+        #[arg(long)]
+        expect_synced: bool,
+        /// Keep asking this long while the box boots.
+        #[arg(long, default_value_t = 0)]
+        wait_secs: u64,
+        /// Print the box's health document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot an image under QEMU with its port 8080 forwarded to 127.0.0.1:PORT (until killed).
+    Run {
+        image: PathBuf,
+        #[arg(long, value_enum)]
+        arch: Arch,
+        #[arg(long, default_value_t = 18080)]
+        port: u16,
+        /// A hub on this host's port, reachable from the box as http://10.0.2.100:8090.
+        #[arg(long)]
+        hub_port: Option<u16>,
+        #[arg(long, default_value_t = 1024)]
+        memory_mib: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("aisle-image: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Cmd) -> anyhow::Result<()> {
+    match command {
+        Cmd::Build {
+            arch,
+            out,
+            edge_binary,
+            cache,
+            offline,
+            kernel_package,
+            image_version,
+            update_keys,
+            data_mib,
+            trial_timeout_secs,
+        } => {
+            let opts = image::BuildOptions {
+                arch,
+                out,
+                edge_binary,
+                cache,
+                offline,
+                kernel_package,
+                version: image_version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
+                update_keys,
+                data_mib,
+                trial_timeout_secs,
+            };
+            if opts.update_keys.is_empty() {
+                eprintln!(
+                    "aisle-image: warning: no --update-key: this image will refuse every update"
+                );
+            }
+            let bar = indicatif::ProgressBar::new(image::BUILD_STEPS);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("[{pos}/{len}] {msg} {spinner}")
+                    .expect("a valid template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            let built = image::build(&opts, &bar)?;
+            bar.finish_with_message("done");
+            println!("{}", built.image.display());
+            println!("{}", built.manifest.display());
+            Ok(())
+        }
+        Cmd::Provision {
+            image,
+            store,
+            region,
+            hub,
+            enroll_token,
+            admin_password,
+        } => {
+            let config = provision::StoreConfig {
+                store_id: Some(store),
+                region: Some(region),
+                hub_url: Some(hub),
+                enroll_token: Some(enroll_token),
+                admin_password,
+            };
+            provision::provision(&image, &config)?;
+            eprintln!(
+                "provisioned {} for store {}",
+                image.display(),
+                config.store_id.unwrap_or_default()
+            );
+            Ok(())
+        }
+        Cmd::Flash { image, device, yes } => {
+            let done = flash::flash(&image, &device, yes)?;
+            eprintln!(
+                "wrote and verified {} MB in {:.1} s (sha256 {})",
+                done.bytes / 1_000_000,
+                done.seconds,
+                done.sha256
+            );
+            Ok(())
+        }
+        Cmd::Verify {
+            url,
+            expect_store,
+            expect_region,
+            expect_synced,
+            wait_secs,
+            json,
+        } => {
+            let expect = verify::Expect {
+                store: expect_store,
+                region: expect_region,
+                synced: expect_synced,
+            };
+            let health = verify::verify(&url, &expect, Duration::from_secs(wait_secs))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&health)?);
+            } else {
+                println!("box:       {url}");
+                println!(
+                    "version:   aisle-edge {}",
+                    health["version"].as_str().unwrap_or("?")
+                );
+                println!(
+                    "image:     {} (slot {})",
+                    health["image"]["version"].as_str().unwrap_or("-"),
+                    health["image"]["slot"].as_str().unwrap_or("-")
+                );
+                println!("store:     {}", health["store_id"].as_str().unwrap_or("?"));
+                println!("region:    {}", health["region"].as_str().unwrap_or("-"));
+                println!("enrolled:  {}", health["enrolled"]);
+                println!("syncing:   {}", health["syncing"]);
+            }
+            Ok(())
+        }
+        Cmd::Run {
+            image,
+            arch,
+            port,
+            hub_port,
+            memory_mib,
+        } => {
+            let vm = qemu::Vm::start(&qemu::Options {
+                arch,
+                image,
+                port,
+                hub_port,
+                serial_log: None,
+                memory_mib,
+                cpus: 2,
+            })?;
+            eprintln!(
+                "QEMU pid {}; the box answers on http://127.0.0.1:{port}",
+                vm.pid()
+            );
+            let status = vm.wait()?;
+            eprintln!("QEMU exited: {status}");
+            Ok(())
+        }
+    }
+}
