@@ -170,11 +170,12 @@ pub fn build(opts: &BuildOptions, progress: &indicatif::ProgressBar) -> anyhow::
     for key in &opts.update_keys {
         let text =
             std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
-        ensure!(
-            text.starts_with("aisle-update-public-key-v1 "),
-            "{} is not an update public key (aisle-image keygen writes them)",
-            key.display()
-        );
+        aisle_update::key::read_public_key(key).with_context(|| {
+            format!(
+                "{} is not an update public key (aisle-image keygen writes them)",
+                key.display()
+            )
+        })?;
         let name = key
             .file_name()
             .context("a key file has a name")?
@@ -221,15 +222,15 @@ pub fn build(opts: &BuildOptions, progress: &indicatif::ProgressBar) -> anyhow::
     progress.inc(1);
 
     progress.set_message("boot partition (systemd-boot, slot a)");
-    let manifest = slot_manifest(
+    let manifest = aisle_update::describe_files(
         &opts.version,
-        arch,
+        arch.into(),
         &kernel_file,
         &initrd,
         inputs_json.clone(),
     )?;
     let manifest_file = work.join("manifest.json");
-    std::fs::write(&manifest_file, serde_json::to_vec_pretty(&manifest)?)?;
+    std::fs::write(&manifest_file, manifest.to_json())?;
     let loader_conf = work.join("loader.conf");
     std::fs::write(
         &loader_conf,
@@ -358,29 +359,6 @@ pub fn build(opts: &BuildOptions, progress: &indicatif::ProgressBar) -> anyhow::
         kernel: kernel_file,
         initrd,
     })
-}
-
-/// The manifest of a slot, as an update bundle carries it (aisle-update's format 1).
-fn slot_manifest(
-    version: &str,
-    arch: Arch,
-    kernel: &Path,
-    initrd: &Path,
-    inputs: Value,
-) -> anyhow::Result<Value> {
-    let file = |name: &str, path: &Path| -> anyhow::Result<Value> {
-        Ok(
-            json!({"name": name, "size_bytes": std::fs::metadata(path)?.len(), "sha256": crate::sha256_file(path)?}),
-        )
-    };
-    Ok(json!({
-        "format": 1,
-        "version": version,
-        "arch": arch.name(),
-        "created_at_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-        "files": [file("vmlinuz", kernel)?, file("initrd.img", initrd)?],
-        "inputs": inputs,
-    }))
 }
 
 /// Steps `build` reports progress in.

@@ -15,6 +15,7 @@ pub mod inputs;
 pub mod modules;
 pub mod provision;
 pub mod qemu;
+pub mod sign;
 pub mod verify;
 
 use std::io::Read;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use aisle_image::arch::Arch;
-use aisle_image::{flash, image, provision, qemu, verify};
+use aisle_image::{flash, image, provision, qemu, sign, verify};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -100,6 +100,34 @@ enum Cmd {
         /// Print the box's health document as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Make an update signing key pair: PREFIX.key (secret: keep it off the boxes) and
+    /// PREFIX.pub (give it to `build --update-key`).
+    Keygen {
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+    },
+    /// Make a signed update bundle from a build's kernel and initramfs.
+    Sign {
+        /// The secret key (aisle-image keygen).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        #[arg(long, value_enum)]
+        arch: Arch,
+        /// The build's output directory (its kernel, initramfs and manifest are used unless
+        /// --kernel / --initrd say otherwise).
+        #[arg(long, default_value = "target/images")]
+        images: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        kernel: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        initrd: Option<PathBuf>,
+        /// The version the box will report once it runs the bundle.
+        #[arg(long = "image-version", value_name = "VERSION")]
+        image_version: String,
+        /// The bundle file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Boot an image under QEMU with its port 8080 forwarded to 127.0.0.1:PORT (until killed).
     Run {
@@ -234,6 +262,41 @@ fn run(command: Cmd) -> anyhow::Result<()> {
                 println!("enrolled:  {}", health["enrolled"]);
                 println!("syncing:   {}", health["syncing"]);
             }
+            Ok(())
+        }
+        Cmd::Keygen { out } => {
+            let (secret, public, id) = sign::keygen(&out)?;
+            eprintln!(
+                "key {id}: secret {} (keep it safe), public {}",
+                secret.display(),
+                public.display()
+            );
+            Ok(())
+        }
+        Cmd::Sign {
+            key,
+            arch,
+            images,
+            kernel,
+            initrd,
+            image_version,
+            out,
+        } => {
+            let manifest = sign::sign(&sign::SignOptions {
+                key,
+                arch,
+                kernel: kernel.unwrap_or_else(|| images.join(format!("aisle-{arch}.vmlinuz"))),
+                initrd: initrd.unwrap_or_else(|| images.join(format!("aisle-{arch}.initrd.img"))),
+                version: image_version,
+                out: out.clone(),
+                build_manifest: Some(images.join(format!("aisle-{arch}.manifest.json"))),
+            })?;
+            eprintln!(
+                "signed {} ({} {})",
+                out.display(),
+                manifest.arch.as_str(),
+                manifest.version
+            );
             Ok(())
         }
         Cmd::Run {

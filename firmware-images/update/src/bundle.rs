@@ -389,6 +389,36 @@ fn tar_entry_bytes(size: u64) -> u64 {
     TAR_BLOCK_BYTES + size.div_ceil(TAR_BLOCK_BYTES) * TAR_BLOCK_BYTES
 }
 
+/// The manifest of a kernel and an initramfs (sizes and sha256 read from the files), as a
+/// bundle carries it and as an image's slot keeps it (`aisle/<slot>/manifest.json`).
+pub fn describe_files(
+    version: &str,
+    arch: Arch,
+    kernel: &Path,
+    initrd: &Path,
+    inputs: serde_json::Value,
+) -> Result<Manifest, BundleError> {
+    manifest::validate_version(version)?;
+    let files = vec![
+        describe(kernel, KERNEL_FILE, manifest::MAX_KERNEL_BYTES)?,
+        describe(initrd, INITRD_FILE, manifest::MAX_INITRD_BYTES)?,
+    ];
+    let created_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let manifest = Manifest {
+        format: manifest::FORMAT,
+        version: version.to_owned(),
+        arch,
+        created_at_ms,
+        files,
+        inputs,
+    };
+    manifest.validate()?;
+    Ok(manifest)
+}
+
 /// Builds, signs and writes a bundle to `out` (temporary file, fsync, rename): the kernel
 /// and initramfs are hashed, the manifest is made from them and `inputs`, and signed with
 /// `key`. Returns the manifest written.
@@ -401,23 +431,7 @@ pub fn write_bundle(
     inputs: serde_json::Value,
     key: &SecretKey,
 ) -> Result<Manifest, BundleError> {
-    manifest::validate_version(manifest_version)?;
-    let files = vec![
-        describe(kernel, KERNEL_FILE, manifest::MAX_KERNEL_BYTES)?,
-        describe(initrd, INITRD_FILE, manifest::MAX_INITRD_BYTES)?,
-    ];
-    let created_at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let manifest = Manifest {
-        format: manifest::FORMAT,
-        version: manifest_version.to_owned(),
-        arch,
-        created_at_ms,
-        files,
-        inputs,
-    };
+    let manifest = describe_files(manifest_version, arch, kernel, initrd, inputs)?;
     manifest.validate()?;
     let manifest_bytes = manifest.to_json();
     if manifest_bytes.len() as u64 > MAX_MANIFEST_BYTES {
@@ -450,7 +464,7 @@ pub fn write_bundle(
     let (file, temporary) = fsutil::create_temporary(out).map_err(out_io)?;
     let written = (|| {
         let mut builder = tar::Builder::new(file);
-        let mtime = created_at_ms / 1000;
+        let mtime = manifest.created_at_ms / 1000;
         let mut append = |name: &str, size: u64, data: &mut dyn Read| {
             let mut header = tar::Header::new_ustar();
             header.set_entry_type(tar::EntryType::Regular);
