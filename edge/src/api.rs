@@ -88,7 +88,7 @@ pub async fn staff_session(app: &App, token: &str) -> Result<StaffSession, ApiEr
 }
 
 impl StaffAuth {
-    fn require_admin(&self) -> Result<(), ApiError> {
+    pub fn require_admin(&self) -> Result<(), ApiError> {
         if self.0.is_admin() {
             Ok(())
         } else {
@@ -105,13 +105,29 @@ impl StaffAuth {
 }
 
 pub async fn healthz(State(app): AppState) -> Json<Value> {
+    let hub = app.uplink.status();
+    let region = app
+        .uplink
+        .credential()
+        .map(|c| c.region)
+        .or_else(|| app.config.region.clone());
+    // `syncing`: a session with the hub is up (its `welcome` received, rounds flowing both
+    // ways), so what is written here reaches the hub within a round. False while enrolling,
+    // reconnecting, refused, or with no hub configured.
+    let syncing = hub.connected;
+    let enrolled = hub.enrolled;
+    let image = crate::update::health(&app).await;
     Json(json!({
         "status": "ok",
         "service": "aisle-edge",
         "version": env!("CARGO_PKG_VERSION"),
         "store_id": app.config.store_id,
         "uptime_secs": app.started.elapsed().as_secs(),
-        "hub": app.uplink.status(),
+        "hub": hub,
+        "region": region,
+        "enrolled": enrolled,
+        "syncing": syncing,
+        "image": image,
         "model": {
             "version": app.classifier.version(),
             "path": app.config.model.path,

@@ -20,6 +20,10 @@ pub struct Config {
     pub data: PathBuf,
     /// This store's id (set by provisioning; documents and the hub know the store by it).
     pub store_id: String,
+    /// The region this box was provisioned for. Set: enrollment at a hub of another region is
+    /// refused before the token is spent. Shown in `/healthz` until the store is enrolled
+    /// (then the enrolled region is shown).
+    pub region: Option<String>,
     /// Password of the first staff account (`admin`) created on an empty data directory.
     /// Unset: a random one is generated and printed once.
     pub first_admin_password: Option<String>,
@@ -38,6 +42,43 @@ pub struct Config {
     pub hub: HubLink,
     pub model: ModelConfig,
     pub limits: Limits,
+    pub update: UpdateConfig,
+    /// The file this configuration was read from (`--config`), if any: the used enrollment
+    /// token is removed from it. Not a setting.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+}
+
+/// Firmware updates of the appliance image (signed bundles into the inactive boot slot).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// The mounted EFI system partition holding the boot slots (`/boot` on the appliance
+    /// image). Unset: this is not an appliance image; installs are refused
+    /// (`updates_unavailable`) and `/healthz` shows no image.
+    pub boot_dir: Option<PathBuf>,
+    /// Directory of the trusted update public keys (`*.pub`), built into the image.
+    pub trusted_keys_dir: PathBuf,
+    /// Boots a newly installed slot gets to become healthy (be blessed) before the previous
+    /// slot boots again.
+    pub boot_tries: u32,
+    /// Run after an update was installed over HTTP (program and arguments, no shell).
+    pub reboot_command: Vec<String>,
+    /// The running slot. For tests and non-appliance use; on the appliance it is read from
+    /// `/proc/cmdline` (`aisle.slot=a|b`).
+    pub current_slot: Option<aisle_update::Slot>,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        Self {
+            boot_dir: None,
+            trusted_keys_dir: PathBuf::from("/etc/aisle/update-keys"),
+            boot_tries: 3,
+            reboot_command: vec!["/sbin/reboot".into()],
+            current_slot: None,
+        }
+    }
 }
 
 /// The on-device intent model.
@@ -94,6 +135,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data: PathBuf::from("data"),
             store_id: "store-1".into(),
+            region: None,
             first_admin_password: None,
             log: "info".into(),
             session_ttl_secs: 12 * 3600,
@@ -104,6 +146,8 @@ impl Default for Config {
             hub: HubLink::default(),
             model: ModelConfig::default(),
             limits: Limits::default(),
+            update: UpdateConfig::default(),
+            file: None,
         }
     }
 }
@@ -134,6 +178,7 @@ impl Config {
         if let Some(token) = &overrides.enroll_token {
             config.hub.enroll_token = Some(token.clone());
         }
+        config.file = file.map(Path::to_owned);
         config.validate()?;
         Ok(config)
     }
@@ -151,6 +196,26 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "hub.url must start with http:// or https:// (got {url})"
             )));
+        }
+        if let Some(region) = &self.region
+            && (region.is_empty() || region.len() > 64)
+        {
+            return Err(ConfigError::Invalid(
+                "region must be 1 to 64 characters".into(),
+            ));
+        }
+        if self.update.boot_tries == 0
+            || self.update.boot_tries > aisle_update::slot::MAX_BOOT_TRIES
+        {
+            return Err(ConfigError::Invalid(format!(
+                "update.boot_tries must be 1 to {}",
+                aisle_update::slot::MAX_BOOT_TRIES
+            )));
+        }
+        if self.update.reboot_command.is_empty() {
+            return Err(ConfigError::Invalid(
+                "update.reboot_command needs at least the program".into(),
+            ));
         }
         if self.model.workers == 0 || self.model.workers > 16 {
             return Err(ConfigError::Invalid("model.workers must be 1 to 16".into()));

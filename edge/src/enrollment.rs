@@ -2,6 +2,12 @@
 //! long-lived store credential (`POST /api/enroll`, docs/hub-api.md), kept in the data directory
 //! (`hub-credential.json`, readable by the appliance's user only). From then on the edge
 //! connects with the credential and the token is not needed.
+//!
+//! - A box provisioned for a region (`region` in its config) asks the hub's `/healthz` for its
+//!   region first and refuses a hub of another region before the token is spent
+//!   (`wrong_region`); the enrollment's answer is checked again.
+//! - The token is single-use: once exchanged, it is removed from the config file it came from
+//!   (comments and everything else kept), so the provisioning partition holds no used secret.
 
 use std::path::{Path, PathBuf};
 
@@ -108,6 +114,9 @@ pub async fn obtain(
     let (Some(url), Some(token)) = (&config.hub.url, &config.hub.enroll_token) else {
         return Err(EnrollError::NoToken);
     };
+    if let Some(region) = &config.region {
+        check_hub_region(http, url, region).await?;
+    }
     let response = http
         .post(format!("{}/api/enroll", url.trim_end_matches('/')))
         .json(&serde_json::json!({
@@ -149,6 +158,11 @@ pub async fn obtain(
         credential: field("credential")?,
         enrolled_at_ms: crate::now_ms(),
     };
+    if let Some(region) = &config.region
+        && *region != credential.region
+    {
+        return Err(wrong_region(url, &credential.region, region));
+    }
     let data = config.data.clone();
     let stored = credential.clone();
     tokio::task::spawn_blocking(move || store(&data, &stored))
@@ -160,7 +174,138 @@ pub async fn obtain(
         hub_id = %credential.hub_id,
         "enrolled with the region's hub"
     );
+    if let Some(file) = config.file.clone() {
+        let shown = file.clone();
+        match tokio::task::spawn_blocking(move || remove_enroll_token(&file)).await {
+            Ok(Ok(true)) => tracing::info!(
+                file = %shown.display(),
+                "removed the used enrollment token from the config file"
+            ),
+            Ok(Ok(false)) => {}
+            Ok(Err(err)) => tracing::warn!(
+                file = %shown.display(),
+                error = %err,
+                "could not remove the used enrollment token from the config file; remove hub.enroll_token by hand"
+            ),
+            Err(err) => tracing::warn!(error = %err, "removing the used enrollment token"),
+        }
+    }
     Ok(credential)
+}
+
+fn wrong_region(url: &str, hub_region: &str, region: &str) -> EnrollError {
+    EnrollError::Refused {
+        code: aisle_sync::protocol::codes::WRONG_REGION.into(),
+        message: format!(
+            "the hub at {url} serves region {hub_region}, this store was provisioned for region {region}: check hub.url"
+        ),
+    }
+}
+
+/// Asks the hub's `/healthz` which region it serves; another region than the store's is
+/// refused before the token is sent (a token spent at the wrong hub is lost).
+async fn check_hub_region(
+    http: &reqwest::Client,
+    url: &str,
+    region: &str,
+) -> Result<(), EnrollError> {
+    let url = url.trim_end_matches('/');
+    let response = http
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .map_err(|err| EnrollError::Transient(err.to_string()))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|err| EnrollError::Transient(format!("hub /healthz answered {status}: {err}")))?;
+    match body["region"].as_str() {
+        Some(hub_region) if hub_region == region => Ok(()),
+        Some(hub_region) => Err(wrong_region(url, hub_region, region)),
+        None => Err(EnrollError::Transient(format!(
+            "hub /healthz answered {status} without a region"
+        ))),
+    }
+}
+
+/// Removes `hub.enroll_token` from the TOML file at `path`, keeping everything else byte for
+/// byte (comments, order, formatting): written to a temporary file in the same directory,
+/// fsynced, renamed over the original (on the appliance the file is on a FAT partition,
+/// where Linux renames over an existing file too) and the directory fsynced. `Ok(false)`
+/// when the file holds no token.
+pub fn remove_enroll_token(path: &Path) -> std::io::Result<bool> {
+    let invalid = |err: String| std::io::Error::new(std::io::ErrorKind::InvalidData, err);
+    let text = std::fs::read_to_string(path)?;
+    let mut document: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|err: toml_edit::TomlError| invalid(err.to_string()))?;
+    let removed = document
+        .get_mut("hub")
+        .and_then(|hub| hub.as_table_like_mut())
+        .and_then(|hub| hub.remove("enroll_token"))
+        .is_some();
+    if !removed {
+        return Ok(false);
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = dir.join(format!(".{name}.tmp"));
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(document.to_string().as_bytes())?;
+        file.sync_all()?;
+    }
+    if let Err(err) = std::fs::rename(&temporary, path) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(err);
+    }
+    std::fs::File::open(&dir)?.sync_all()?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_used_token_is_removed_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aisle.toml");
+        let text = "# provisioned for store 12\nstore_id = \"sh-12\" # the box\n\n[hub]\n# the region's hub\nurl = \"http://hub:8090\"\nenroll_token = \"secret-token\"\n\n[update]\nboot_tries = 3\n";
+        std::fs::write(&path, text).unwrap();
+        assert!(remove_enroll_token(&path).unwrap());
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(after, text.replace("enroll_token = \"secret-token\"\n", ""));
+        assert!(!remove_enroll_token(&path).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), after);
+
+        // A dotted key and an inline table too.
+        std::fs::write(&path, "hub.url = \"http://h\"\nhub.enroll_token = \"t\"\n").unwrap();
+        assert!(remove_enroll_token(&path).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "hub.url = \"http://h\"\n"
+        );
+        std::fs::write(
+            &path,
+            "hub = { url = \"http://h\", enroll_token = \"t\" }\n",
+        )
+        .unwrap();
+        assert!(remove_enroll_token(&path).unwrap());
+        assert!(
+            !std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("enroll_token")
+        );
+    }
 }
 
 /// Writes the credential atomically (temporary file, fsync, rename), readable by the owner only.

@@ -39,6 +39,8 @@ pub enum Code {
     PayloadTooLarge,
     UnsupportedMediaType,
     HubUnavailable,
+    BundleRejected,
+    UpdatesUnavailable,
     Internal,
 }
 
@@ -73,6 +75,8 @@ impl Code {
             Code::PayloadTooLarge => "payload_too_large",
             Code::UnsupportedMediaType => "unsupported_media_type",
             Code::HubUnavailable => "hub_unavailable",
+            Code::BundleRejected => "bundle_rejected",
+            Code::UpdatesUnavailable => "updates_unavailable",
             Code::Internal => "internal",
         }
     }
@@ -96,7 +100,9 @@ impl Code {
             | Code::IllegalTransition
             | Code::Conflict
             | Code::ConversationFull
-            | Code::HandoffUsed => StatusCode::CONFLICT,
+            | Code::HandoffUsed
+            | Code::UpdatesUnavailable => StatusCode::CONFLICT,
+            Code::BundleRejected => StatusCode::UNPROCESSABLE_ENTITY,
             Code::HandoffExpired => StatusCode::GONE,
             Code::FrameTooLarge | Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -28,6 +28,7 @@ pub mod routing;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod update;
 pub mod uplink;
 pub mod web;
 
@@ -68,4 +69,6 @@ pub struct App {
     pub classifier: aisle_models::Classifier,
     /// Why the last model file offered was refused, until one is accepted (`/healthz`).
     pub model_error: std::sync::Mutex<Option<String>>,
+    /// Firmware updates: the running slot, one install at a time.
+    pub update: update::Updates,
 }

@@ -47,6 +47,9 @@ pub struct Limits {
     pub max_http_body_bytes: usize,
     /// Size of one uploaded image (`POST /api/attachments`).
     pub max_attachment_bytes: usize,
+    /// Size of one firmware update bundle (`POST /api/update`); the bundle format allows at
+    /// most `aisle_update::MAX_BUNDLE_BYTES` (256 MiB), so a larger value is refused at start.
+    pub max_bundle_bytes: u64,
     /// Text a QR code drawn by `GET /api/qr.svg` may hold (a hand-off link is ~40 bytes).
     pub max_qr_text_bytes: usize,
     /// Customer messages waiting for an inference thread; past it a message is stored
@@ -116,6 +119,7 @@ impl Default for Limits {
             max_page_items: 500,
             max_http_body_bytes: 64 * 1024,
             max_attachment_bytes: 5 * 1024 * 1024,
+            max_bundle_bytes: aisle_update::MAX_BUNDLE_BYTES,
             max_qr_text_bytes: 512,
             max_classify_queue: 256,
             classify_timeout_ms: 50,
@@ -171,6 +175,12 @@ impl Limits {
             if value == 0 {
                 return Err(format!("limits.{name} must be greater than 0"));
             }
+        }
+        if self.max_bundle_bytes == 0 || self.max_bundle_bytes > aisle_update::MAX_BUNDLE_BYTES {
+            return Err(format!(
+                "limits.max_bundle_bytes must be 1 to {} (the bundle format's limit)",
+                aisle_update::MAX_BUNDLE_BYTES
+            ));
         }
         if self.max_frames_per_sec == 0 || self.max_frames_burst == 0 {
             return Err("limits.max_frames_per_sec and max_frames_burst must be > 0".into());

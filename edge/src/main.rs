@@ -48,6 +48,24 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         model: Option<PathBuf>,
     },
+    /// Firmware updates of the appliance image (A/B boot slots on `update.boot_dir`).
+    #[command(subcommand)]
+    Update(UpdateCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum UpdateCommand {
+    /// Verify a signed bundle and install it into the slot not running, on trial
+    /// (`update.boot_tries` boots). Prints `{slot, version, generation}`; exit 2 if refused.
+    Install {
+        /// The bundle file (`aisle-image sign` makes one).
+        file: PathBuf,
+        /// Run `update.reboot_command` once installed.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Print both slots: versions, boot entry states, the running slot, a rollback.
+    Status,
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,9 +89,60 @@ fn main() -> std::process::ExitCode {
         }
         return aisle_edge::intent::classify_lines(&config);
     }
+    if let Some(Command::Update(command)) = cli.command {
+        return update(&config, command);
+    }
     aisle_service::run::serve(
         "aisle-edge",
         &config.log.clone(),
         aisle_edge::server::run(config),
     )
+}
+
+/// `aisle-edge update …`: runs on the appliance's shell, beside (or instead of) the server.
+fn update(config: &Config, command: UpdateCommand) -> std::process::ExitCode {
+    use aisle_edge::update::{self, UpdateError};
+    let current = update::current_slot(&config.update);
+    let (printed, then_reboot) = match command {
+        UpdateCommand::Status => (
+            update::status_blocking(&config.update, current).and_then(|status| {
+                let status = status.ok_or(UpdateError::NoBootDir)?;
+                Ok(serde_json::to_string_pretty(&status).expect("a status serialises"))
+            }),
+            false,
+        ),
+        UpdateCommand::Install { file, reboot } => (
+            update::install_blocking(&config.update, current, &file)
+                .map(|outcome| serde_json::to_string(&outcome).expect("an outcome serialises")),
+            reboot,
+        ),
+    };
+    match printed {
+        Ok(json) => {
+            println!("{json}");
+            if then_reboot {
+                reboot_now(&config.update.reboot_command);
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(err @ UpdateError::Failed(_)) => {
+            eprintln!("aisle-edge: {err}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("aisle-edge: {err}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn reboot_now(command: &[String]) {
+    let Some((program, args)) = command.split_first() else {
+        return;
+    };
+    match std::process::Command::new(program).args(args).status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => eprintln!("aisle-edge: the reboot command exited with {status}"),
+        Err(err) => eprintln!("aisle-edge: running the reboot command: {err}"),
+    }
 }

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     pub model_reloads: IntCounterVec,
     pub bot_answers: IntCounterVec,
+    pub update_events: IntCounterVec,
 }
 
 impl Metrics {
@@ -205,6 +206,14 @@ impl Metrics {
             &["intent"],
         )
         .expect("metric");
+        let update_events = IntCounterVec::new(
+            Opts::new(
+                "aisle_update_events_total",
+                "Firmware updates: bundles installed, rejected (by reason) or failed, slots blessed",
+            ),
+            &["event"],
+        )
+        .expect("metric");
 
         for collector in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
@@ -231,6 +240,7 @@ impl Metrics {
             Box::new(model_info.clone()),
             Box::new(model_reloads.clone()),
             Box::new(bot_answers.clone()),
+            Box::new(update_events.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -260,6 +270,7 @@ impl Metrics {
             model_info,
             model_reloads,
             bot_answers,
+            update_events,
         }
     }
 
@@ -267,6 +278,11 @@ impl Metrics {
     pub fn model_version(&self, version: &str) {
         self.model_info.reset();
         self.model_info.with_label_values(&[version]).set(1);
+    }
+
+    /// A firmware update event (`installed`, `blessed`, `failed`, `rejected_<reason>`).
+    pub fn update_event(&self, event: &str) {
+        self.update_events.with_label_values(&[event]).inc();
     }
 
     /// A sync error or refusal, by its protocol code.

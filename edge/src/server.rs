@@ -75,6 +75,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     })?;
     let (shutdown, completion) = Shutdown::new();
     let config_web_dir = config.web_dir.clone();
+    let config_update = config.update.clone();
     let classifier = crate::intent::start(&config)
         .map_err(|e| StartError::Other(format!("loading the intent model: {e}")))?;
     let app = Arc::new(App {
@@ -92,6 +93,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         web: crate::web::assets(config_web_dir),
         classifier,
         model_error: Default::default(),
+        update: crate::update::Updates::new(&config_update),
     });
     let _model_watcher = crate::intent::watch(&app);
     let router = router(Arc::clone(&app));
@@ -109,6 +111,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             tracing::debug!(error = %err, "TCP_NODELAY");
         }
     });
+    // Database open, model loaded, listener bound: this slot works; bless it if on trial.
+    tokio::spawn(crate::update::bless_running(Arc::clone(&app)));
     let signal_app = Arc::clone(&app);
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
@@ -187,6 +191,13 @@ pub fn router(app: Arc<App>) -> Router {
             get(api::get_bot_policy).put(api::put_bot_policy),
         )
         .route("/api/bot-answers", get(api::bot_answers))
+        .route(
+            "/api/update",
+            // The bundle is streamed to a file with its own limit (max_bundle_bytes).
+            get(crate::update::get_update)
+                .post(crate::update::post_update)
+                .layer(DefaultBodyLimit::disable()),
+        )
         .route("/", get(crate::web::console))
         .route("/chat", get(crate::web::chat))
         .route("/h/{code}", get(crate::web::handoff_link))
