@@ -17,6 +17,7 @@ use crate::gpt;
 /// Bytes written or read per step.
 const CHUNK_BYTES: usize = 4 << 20;
 
+#[derive(Debug)]
 pub struct Flashed {
     pub bytes: u64,
     pub sha256: String,
@@ -218,4 +219,75 @@ fn confirm(image: &Path, device: &Path, size: u64) -> anyhow::Result<()> {
     std::io::stdin().read_line(&mut answer)?;
     ensure!(answer.trim() == "yes", "not written");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flashing_to_a_file_writes_the_image_and_checks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = gpt::small_test_disk(dir.path());
+        crate::provision::provision(
+            &image,
+            &crate::provision::StoreConfig {
+                store_id: Some("s-1".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let target = dir.path().join("disk");
+        let done = flash(&image, &target, true).unwrap();
+        assert_eq!(done.bytes, std::fs::metadata(&image).unwrap().len());
+        assert_eq!(done.sha256, crate::sha256_file(&image).unwrap());
+        assert_eq!(crate::sha256_file(&target).unwrap(), done.sha256);
+        let config = crate::provision::read_config(&target).unwrap().unwrap();
+        assert!(config.contains("s-1"), "{config}");
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.img");
+        std::fs::write(&junk, vec![7u8; 8192]).unwrap();
+        let err = flash(&junk, &dir.path().join("disk"), true).unwrap_err();
+        assert!(format!("{err:#}").contains("not a GPT"), "{err:#}");
+        assert!(!dir.path().join("disk").exists(), "nothing written");
+    }
+
+    #[test]
+    fn refuses_the_disk_this_machine_runs_from() {
+        // The block device holding `/`, when there is one visible (not in every container).
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let Some(root) = mounts
+            .lines()
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .get(0..2)
+                    .map(|f| (f[0].to_string(), f[1].to_string()))
+            })
+            .find(|(src, target)| target == "/" && src.starts_with("/dev/"))
+            .map(|(src, _)| src)
+        else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let image = gpt::small_test_disk(dir.path());
+        let real = std::fs::canonicalize(&root).unwrap();
+        let name = real.file_name().unwrap().to_string_lossy().into_owned();
+        // Its whole disk: the parent in sysfs when `/` is on a partition.
+        let sys = std::fs::canonicalize(format!("/sys/class/block/{name}")).unwrap();
+        let disk = if sys.join("partition").exists() {
+            format!(
+                "/dev/{}",
+                sys.parent().unwrap().file_name().unwrap().to_string_lossy()
+            )
+        } else {
+            format!("/dev/{name}")
+        };
+        let err = flash(&image, Path::new(&disk), true).unwrap_err();
+        assert!(format!("{err:#}").contains("in use"), "{err:#}");
+    }
 }

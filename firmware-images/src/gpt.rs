@@ -95,3 +95,51 @@ pub fn find(disk: &mut (impl Read + Seek), name: &str) -> anyhow::Result<Partiti
             format!("the image has no partition {name:?}: not an Aisle appliance image")
         })
 }
+
+#[cfg(test)]
+/// A small disk laid out like an image (GPT by sfdisk, FAT by mkfs.vfat), as the field
+/// engineer's image or flashed disk would be.
+pub(crate) fn small_test_disk(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::process::{Command, Stdio};
+    let disk = dir.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(2 * ALIGN_BYTES + ((4 + 16 + 4) << 20))
+        .unwrap();
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(&disk)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sfdisk (firmware-images/toolchain/setup installs it)");
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sfdisk_script(4, 16, 4).as_bytes())
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    let fat = dir.join("prov.img");
+    assert!(
+        Command::new("mkfs.vfat")
+            .arg("-C")
+            .arg(&fat)
+            .arg("16384")
+            .stdout(Stdio::null())
+            .status()
+            .expect("mkfs.vfat")
+            .success()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .unwrap();
+    let part = find(&mut file, PROVISION).unwrap();
+    assert_eq!(part.size_bytes, 16 << 20);
+    file.seek(SeekFrom::Start(part.offset_bytes)).unwrap();
+    file.write_all(&std::fs::read(&fat).unwrap()).unwrap();
+    disk
+}

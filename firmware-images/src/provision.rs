@@ -222,6 +222,58 @@ mod tests {
     }
 
     #[test]
+    fn provisioning_writes_and_rewrites_the_config_in_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = gpt::small_test_disk(dir.path());
+        assert_eq!(
+            read_config(&disk).unwrap(),
+            None,
+            "a fresh image is unprovisioned"
+        );
+        let store = StoreConfig {
+            store_id: Some("sh-07".into()),
+            region: Some("cn-east".into()),
+            hub_url: Some("http://hub:8090".into()),
+            enroll_token: Some("et_123".into()),
+            admin_password: None,
+        };
+        provision(&disk, &store).unwrap();
+        let text = read_config(&disk).unwrap().unwrap();
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(value["store_id"].as_str(), Some("sh-07"));
+        assert_eq!(value["hub"]["enroll_token"].as_str(), Some("et_123"));
+        // Provisioning again (a box sent to another store) replaces the whole file.
+        provision(
+            &disk,
+            &StoreConfig {
+                store_id: Some("sh-08".into()),
+                enroll_token: Some("et_9".into()),
+                ..store
+            },
+        )
+        .unwrap();
+        let text = read_config(&disk).unwrap().unwrap();
+        assert!(
+            text.contains("sh-08") && !text.contains("sh-07") && !text.contains("et_123"),
+            "{text}"
+        );
+        // The disk's other bytes are untouched: the GPT still reads.
+        let mut file = std::fs::File::open(&disk).unwrap();
+        assert_eq!(gpt::read(&mut file).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn refuses_a_file_that_is_not_an_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let not = dir.path().join("photo.jpg");
+        std::fs::write(&not, vec![0xff; 4096]).unwrap();
+        let err = provision(&not, &StoreConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a GPT"), "{err}");
+    }
+
+    #[test]
     fn config_is_toml_with_quotes_escaped() {
         let text = config_toml(&StoreConfig {
             store_id: Some("s1".into()),
