@@ -9,7 +9,9 @@ use clap::Parser;
 
 /// mimalloc instead of the system allocator: the writer thread allocates and frees many small
 /// objects per message (Automerge ops, SQLite rows, JSON), and glibc's per-thread arenas kept
-/// memory the process no longer used (docs/benchmarks.md has the figures).
+/// memory the process no longer used; musl's malloc is slower still (docs/benchmarks.md has
+/// the figures for both).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
