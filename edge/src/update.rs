@@ -78,6 +78,7 @@ impl From<SlotError> for UpdateError {
         match err {
             SlotError::Bundle(err) => err.into(),
             err @ (SlotError::RunningSlot(_)
+            | SlotError::RunningOnTrial(_)
             | SlotError::NoRunningEntry(_)
             | SlotError::BadEntry { .. }) => UpdateError::Boot(err),
             err => UpdateError::Failed(err.to_string()),
