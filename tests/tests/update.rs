@@ -445,3 +445,82 @@ fn the_command_line_installs_and_tells_the_status() {
         "--reboot runs the reboot command"
     );
 }
+
+/// A store with `update.pull_interval_secs` takes the newest bundle its hub offers for its
+/// architecture, installs it into the inactive slot and reboots; a hub offering the version
+/// the store runs costs no download (304).
+#[tokio::test]
+async fn a_store_pulls_the_hubs_newest_bundle_and_reboots_into_it() {
+    let mut hub = Hub::start("eu-west").await;
+    let offered = tempfile::tempdir().unwrap();
+    let arch_dir = offered.path().join(host_arch().as_str());
+    std::fs::create_dir_all(&arch_dir).unwrap();
+    hub.set_env("AISLE_HUB_UPDATES_DIR", offered.path().display());
+    hub.restart().await;
+
+    let box_ = Appliance::new();
+    // The version the store runs: offered first, so nothing happens.
+    std::fs::copy(box_.bundle("1.0", &box_.key), arch_dir.join("1.0.aisle")).unwrap();
+    let token = hub.register_store("store-u").await;
+    let file = box_.config_file(&format!(
+        "store_id = \"store-u\"\nregion = \"eu-west\"\n[hub]\nurl = \"{}\"\nenroll_token = \"{token}\"\n",
+        hub.url()
+    ));
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("[update]\n", "[update]\npull_interval_secs = 1\n");
+    std::fs::write(&file, text).unwrap();
+    let edge = Edge::start_with(EdgeOptions {
+        args: vec!["--config".into(), file.display().to_string()],
+        ..EdgeOptions::default()
+    })
+    .await;
+    wait_connected(&edge, DEADLINE).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        box_.entry_names(),
+        ["aisle-a.conf"],
+        "the running version again"
+    );
+    assert!(!box_.rebooted_mark().exists());
+
+    // A newer bundle is offered: installed into b, then the reboot command runs.
+    let newer = arch_dir.join("2.0.aisle");
+    std::fs::copy(box_.bundle("2.0", &box_.key), &newer).unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&newer)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    eventually(
+        "the store installed 2.0 and rebooted",
+        DEADLINE,
+        async || {
+            if box_.entry_names() == ["aisle-a.conf", "aisle-b+3.conf"]
+                && box_.rebooted_mark().exists()
+            {
+                Ok(())
+            } else {
+                Err(format!("{:?}", box_.entry_names()))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(box_.esp().join("aisle/b/vmlinuz")).unwrap(),
+        b"kernel 2.0"
+    );
+
+    // Without the store's credential the hub sends nothing.
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/api/updates/{}/latest", hub.url(), host_arch()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}

@@ -20,7 +20,9 @@ pub mod key;
 pub mod manifest;
 pub mod slot;
 
-pub use bundle::{BundleError, MAX_BUNDLE_BYTES, VerifiedBundle, open_verified, write_bundle};
+pub use bundle::{
+    BundleError, MAX_BUNDLE_BYTES, VerifiedBundle, open_verified, read_manifest, write_bundle,
+};
 pub use key::{KeyError, PublicKey, SecretKey, generate, load_trusted_keys};
 pub use manifest::{Arch, FileEntry, Manifest, ManifestError};
 pub use slot::{
