@@ -64,6 +64,10 @@ pub struct UpdateConfig {
     pub boot_tries: u32,
     /// Run after an update was installed over HTTP (program and arguments, no shell).
     pub reboot_command: Vec<String>,
+    /// Every this many seconds, ask the region's hub for the newest bundle of this
+    /// architecture (`GET /api/updates/{arch}/latest`) and install it and reboot when its
+    /// version differs from the running one. 0: never (updates only by an admin).
+    pub pull_interval_secs: u64,
     /// The running slot. For tests and non-appliance use; on the appliance it is read from
     /// `/proc/cmdline` (`aisle.slot=a|b`).
     pub current_slot: Option<aisle_update::Slot>,
@@ -76,6 +80,7 @@ impl Default for UpdateConfig {
             trusted_keys_dir: PathBuf::from("/etc/aisle/update-keys"),
             boot_tries: 3,
             reboot_command: vec!["/sbin/reboot".into()],
+            pull_interval_secs: 0,
             current_slot: None,
         }
     }

@@ -271,6 +271,36 @@ pub fn remove_enroll_token(path: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// Writes the credential atomically (temporary file, fsync, rename), readable by the owner only.
+fn store(data: &Path, credential: &StoreCredential) -> Result<(), EnrollError> {
+    let path = credential_path(data);
+    let temporary = data.join(format!("{CREDENTIAL_FILE}.tmp"));
+    let storage = |source| EnrollError::Storage {
+        path: path.clone(),
+        source,
+    };
+    let bytes = serde_json::to_vec_pretty(credential).expect("plain struct serialises");
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&temporary).map_err(storage)?;
+        file.write_all(&bytes).map_err(storage)?;
+        file.sync_all().map_err(storage)?;
+    }
+    std::fs::rename(&temporary, &path).map_err(storage)?;
+    // The rename itself must survive a power cut: the token is used up at the hub already.
+    std::fs::File::open(data)
+        .and_then(|dir| dir.sync_all())
+        .map_err(storage)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,34 +336,4 @@ mod tests {
                 .contains("enroll_token")
         );
     }
-}
-
-/// Writes the credential atomically (temporary file, fsync, rename), readable by the owner only.
-fn store(data: &Path, credential: &StoreCredential) -> Result<(), EnrollError> {
-    let path = credential_path(data);
-    let temporary = data.join(format!("{CREDENTIAL_FILE}.tmp"));
-    let storage = |source| EnrollError::Storage {
-        path: path.clone(),
-        source,
-    };
-    let bytes = serde_json::to_vec_pretty(credential).expect("plain struct serialises");
-    {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&temporary).map_err(storage)?;
-        file.write_all(&bytes).map_err(storage)?;
-        file.sync_all().map_err(storage)?;
-    }
-    std::fs::rename(&temporary, &path).map_err(storage)?;
-    // The rename itself must survive a power cut: the token is used up at the hub already.
-    std::fs::File::open(data)
-        .and_then(|dir| dir.sync_all())
-        .map_err(storage)?;
-    Ok(())
 }

@@ -113,6 +113,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     });
     // Database open, model loaded, listener bound: this slot works; bless it if on trial.
     tokio::spawn(crate::update::bless_running(Arc::clone(&app)));
+    tokio::spawn(crate::update::pull_from_hub(Arc::clone(&app)));
     let signal_app = Arc::clone(&app);
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {

@@ -13,6 +13,10 @@
 //! - Not an appliance image (`update.boot_dir` unset): installs are refused
 //!   (`updates_unavailable`), nothing is blessed, `/healthz` shows `"image": null`.
 //!
+//! - Pull (`update.pull_interval_secs` > 0): the hub's newest bundle for this architecture is
+//!   fetched when its version differs from the running one, installed and rebooted into, as
+//!   if an admin had uploaded it. A bundle refused once is not fetched again.
+//!
 //! Every file operation runs in `spawn_blocking`; one install at a time.
 
 use std::path::{Path, PathBuf};
@@ -35,6 +39,8 @@ use crate::config::UpdateConfig;
 use crate::error::{ApiError, Code};
 use crate::metrics::METRICS;
 
+/// Longest time one request to the hub for a bundle may take (download included).
+pub const PULL_TIMEOUT_SECS: u64 = 600;
 /// Time between answering an HTTP install and running the reboot command, so the answer
 /// reaches the admin's browser first.
 pub const REBOOT_DELAY_MS: u64 = 1000;
@@ -78,6 +84,7 @@ impl From<SlotError> for UpdateError {
         match err {
             SlotError::Bundle(err) => err.into(),
             err @ (SlotError::RunningSlot(_)
+            | SlotError::RunningOnTrial(_)
             | SlotError::NoRunningEntry(_)
             | SlotError::BadEntry { .. }) => UpdateError::Boot(err),
             err => UpdateError::Failed(err.to_string()),
@@ -392,4 +399,144 @@ pub fn reboot_later(command: Vec<String>) {
             }
         }
     });
+}
+
+/// Asks the hub for updates every `update.pull_interval_secs` (spawned at start; returns at
+/// once when pulling is off, without a boot partition or without a hub).
+pub async fn pull_from_hub(app: Arc<App>) {
+    let interval = app.config.update.pull_interval_secs;
+    if interval == 0 || app.config.update.boot_dir.is_none() {
+        return;
+    }
+    let Some(url) = app.config.hub.url.clone() else {
+        tracing::warn!("update.pull_interval_secs is set but no hub.url: not pulling updates");
+        return;
+    };
+    let Some(arch) = Arch::host() else {
+        return;
+    };
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(PULL_TIMEOUT_SECS))
+        .build()
+    {
+        Ok(http) => http,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot build the HTTP client; not pulling updates");
+            return;
+        }
+    };
+    let mut shutdown = app.shutdown.subscribe();
+    // The version last refused: not fetched again (it would be refused again).
+    let mut refused: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
+        }
+        match pull_once(&app, &http, url.trim_end_matches('/'), arch, &mut refused).await {
+            Ok(Some(outcome)) => {
+                METRICS.update_event("installed");
+                tracing::info!(
+                    version = %outcome.version,
+                    slot = %outcome.slot,
+                    "update from the hub installed; rebooting"
+                );
+                reboot_later(app.config.update.reboot_command.clone());
+                return;
+            }
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "pulling an update from the hub"),
+        }
+    }
+}
+
+/// One look at the hub: `Some` when a new bundle was installed.
+async fn pull_once(
+    app: &Arc<App>,
+    http: &reqwest::Client,
+    url: &str,
+    arch: Arch,
+    refused: &mut Option<String>,
+) -> Result<Option<InstallOutcome>, String> {
+    let Some(credential) = app.uplink.credential() else {
+        return Ok(None); // not enrolled (yet)
+    };
+    let config = app.config.update.clone();
+    let current = app.update.current_slot;
+    let running = tokio::task::spawn_blocking(move || status_blocking(&config, current))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?
+        .and_then(|status| status.running_slot().and_then(|s| s.version.clone()));
+    let mut request = http
+        .get(format!("{url}/api/updates/{arch}/latest"))
+        .header("x-aisle-store", &credential.store_id)
+        .bearer_auth(&credential.credential);
+    if let Some(version) = &running {
+        request = request.header(header::IF_NONE_MATCH.as_str(), format!("\"{version}\""));
+    }
+    let mut response = request.send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    if status == reqwest::StatusCode::NOT_MODIFIED || status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !status.is_success() {
+        return Err(format!("the hub answered {status}"));
+    }
+    let version = response
+        .headers()
+        .get("x-aisle-update-version")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("the hub's answer names no version")?
+        .to_owned();
+    if running.as_deref() == Some(version.as_str()) || refused.as_deref() == Some(version.as_str())
+    {
+        return Ok(None);
+    }
+    let Ok(_installing) = app.update.installing.try_lock() else {
+        return Ok(None); // an admin is installing one now
+    };
+    let max = app.config.limits.max_bundle_bytes;
+    if response.content_length().is_some_and(|length| length > max) {
+        METRICS.limit("max_bundle_bytes");
+        *refused = Some(version.clone());
+        return Err(format!("bundle {version} exceeds max_bundle_bytes ({max})"));
+    }
+    tracing::info!(%version, running = ?running, "the hub offers another version; fetching it");
+    let upload = Upload(
+        app.config
+            .data
+            .join(format!("update-{}.aisle.partial", ulid::Ulid::new())),
+    );
+    let mut file = tokio::fs::File::create(&upload.0)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut received: u64 = 0;
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        received += chunk.len() as u64;
+        if received > max {
+            METRICS.limit("max_bundle_bytes");
+            *refused = Some(version.clone());
+            return Err(format!("bundle {version} exceeds max_bundle_bytes ({max})"));
+        }
+        file.write_all(&chunk).await.map_err(|e| e.to_string())?;
+    }
+    file.flush().await.map_err(|e| e.to_string())?;
+    drop(file);
+    let config = app.config.update.clone();
+    let path = upload.0.clone();
+    let installed = tokio::task::spawn_blocking(move || install_blocking(&config, current, &path))
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(upload);
+    match installed {
+        Ok(outcome) => Ok(Some(outcome)),
+        Err(err) => {
+            count_failure(&err);
+            if matches!(err, UpdateError::Rejected(_)) {
+                *refused = Some(version);
+            }
+            Err(err.to_string())
+        }
+    }
 }

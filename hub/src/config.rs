@@ -37,6 +37,10 @@ pub struct Config {
     /// Serve the dashboard from this directory (the repository's `web/`) instead of the copy
     /// embedded in the binary: for front-end work without a rebuild. Unset in production.
     pub web_dir: Option<PathBuf>,
+    /// Firmware update bundles offered to the region's stores: `<updates_dir>/<arch>/*.aisle`
+    /// (`x86_64`, `aarch64`); the newest file (by modification time) is the one offered.
+    /// Unset: no updates are offered. The hub does not verify them; each store does.
+    pub updates_dir: Option<PathBuf>,
     pub limits: Limits,
 }
 
@@ -51,6 +55,7 @@ impl Default for Config {
             session_ttl_secs: 12 * 3600,
             enrollment_token_ttl_secs: 24 * 3600,
             web_dir: None,
+            updates_dir: None,
             limits: Limits::default(),
         }
     }

@@ -75,7 +75,7 @@ impl Shares {
 }
 
 /// The calling store, checked like a sync `hello` (region, revocation, credential).
-async fn authorize_store(app: &App, headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) async fn authorize_store(app: &App, headers: &HeaderMap) -> Result<String, ApiError> {
     let store_id = headers
         .get("x-aisle-store")
         .and_then(|v| v.to_str().ok())

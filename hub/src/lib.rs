@@ -24,6 +24,7 @@ pub mod server;
 pub mod settings;
 pub mod store;
 pub mod sync;
+pub mod updates;
 pub mod web;
 
 use std::sync::Arc;

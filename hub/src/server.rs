@@ -93,6 +93,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/enroll", post(api::enroll))
         .route("/api/handoffs", post(crate::continuation::register))
         .route("/api/continuations", post(crate::continuation::redeem))
+        .route("/api/updates/{arch}/latest", get(crate::updates::latest))
         .route("/api/canned-replies", get(crate::settings::list))
         .route(
             "/api/canned-replies/{id}",

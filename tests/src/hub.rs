@@ -66,6 +66,8 @@ pub struct Hub {
     runs: u32,
     http: Http,
     admin_token: Option<String>,
+    /// Extra environment variables for the next (re)start ([`Hub::set_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Hub {
@@ -97,9 +99,16 @@ impl Hub {
             runs: 0,
             http: Http::new(addr),
             admin_token: None,
+            env: Vec::new(),
         };
         hub.launch().await?;
         Ok(hub)
+    }
+
+    /// Sets an environment variable (configuration) for the next [`Hub::restart`].
+    pub fn set_env(&mut self, key: &str, value: impl ToString) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// The region this hub serves.
@@ -159,6 +168,7 @@ impl Hub {
             .env_remove("AISLE_HUB_BIN")
             .env_remove("AISLE_HUB_CONFIG")
             .env("AISLE_HUB_FIRST_ADMIN_PASSWORD", HUB_ADMIN_PASSWORD)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

@@ -715,3 +715,78 @@ async fn a_long_conversation_is_compacted_at_the_hub_and_loses_nothing() {
         "150 rounds left {chunks} chunks at the hub: not compacted"
     );
 }
+
+/// (f) The enrollment token is single-use, so it does not stay on the box: once the store
+/// enrolled, `hub.enroll_token` is gone from the config file it came from, and everything
+/// else (comments included) is kept. `/healthz` shows the region, `enrolled` and `syncing`.
+#[tokio::test]
+async fn the_used_enrollment_token_is_removed_from_the_config_file() {
+    let mut hub = Hub::start("eu-west").await;
+    let token = hub.register_store("store-f").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("aisle.toml");
+    let text = format!(
+        "# written by aisle-image provision\nstore_id = \"store-f\"\nregion = \"eu-west\"\n\n\
+         [hub]\n# the region's hub\nurl = \"{}\"\nenroll_token = \"{token}\"\n\n\
+         [limits]\nsync_retry_min_ms = 50\nsync_retry_max_ms = 500\n",
+        hub.url()
+    );
+    std::fs::write(&file, &text).unwrap();
+    let edge = Edge::start_with(EdgeOptions {
+        args: vec!["--config".into(), file.display().to_string()],
+        ..EdgeOptions::default()
+    })
+    .await;
+    wait_connected(&edge, DEADLINE).await;
+    let after = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        after,
+        text.replace(&format!("enroll_token = \"{token}\"\n"), ""),
+        "only the token line goes"
+    );
+    let h = eventually("healthz says syncing", DEADLINE, async || {
+        let h = edge.http().healthz().await.expect(200).clone();
+        if h["syncing"] == true {
+            Ok(h)
+        } else {
+            Err(h.to_string())
+        }
+    })
+    .await;
+    assert_eq!(h["region"], "eu-west", "{h}");
+    assert_eq!(h["enrolled"], true, "{h}");
+    assert_eq!(h["hub"]["connected"], true, "existing keys kept: {h}");
+}
+
+/// (g) A box provisioned for another region refuses the hub before spending its token
+/// (`wrong_region` in `/healthz`, the configured region shown); the token still enrolls the
+/// right box.
+#[tokio::test]
+async fn a_box_of_another_region_does_not_spend_its_token() {
+    let mut hub = Hub::start("eu-west").await;
+    let token = hub.register_store("store-g").await;
+    let wrong = Edge::start_with(
+        EdgeOptions::default()
+            .enrolled_at(&hub.url(), "store-g", &token)
+            .env("AISLE_REGION", "us-east"),
+    )
+    .await;
+    let h = wait_hub_error(&wrong, "wrong_region").await;
+    assert!(
+        h["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("us-east") && m.contains("eu-west")),
+        "{h}"
+    );
+    let health = wrong.http().healthz().await.expect(200).clone();
+    assert_eq!(health["region"], "us-east", "{health}");
+    assert_eq!(health["enrolled"], false, "{health}");
+    drop(wrong);
+    let right = Edge::start_with(
+        EdgeOptions::default()
+            .enrolled_at(&hub.url(), "store-g", &token)
+            .env("AISLE_REGION", "eu-west"),
+    )
+    .await;
+    wait_connected(&right, DEADLINE).await;
+}

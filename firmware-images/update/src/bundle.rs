@@ -236,6 +236,32 @@ pub fn open_verified(
     })
 }
 
+/// The manifest of the bundle at `path`, **not verified**: its layout and manifest are
+/// checked, not its signature nor its files. For a hub that only offers bundles (it names the
+/// version it serves); whoever installs one uses [`open_verified`].
+pub fn read_manifest(path: &Path) -> Result<Manifest, BundleError> {
+    let io = |source| BundleError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::open(path).map_err(io)?;
+    let total = file.metadata().map_err(io)?.len();
+    if total > MAX_BUNDLE_BYTES {
+        return Err(BundleError::TooLarge {
+            size_bytes: total,
+            max_bytes: MAX_BUNDLE_BYTES,
+        });
+    }
+    let [manifest_span, ..] = list_entries(&mut file, total)?;
+    if manifest_span.size > MAX_MANIFEST_BYTES {
+        return Err(BundleError::ManifestTooLarge {
+            size_bytes: manifest_span.size,
+        });
+    }
+    let bytes = read_span(&mut file, manifest_span).map_err(io)?;
+    Ok(Manifest::from_json(&bytes)?)
+}
+
 /// The four entries' positions, after checking their names, types and order, and that each
 /// lies inside the file.
 fn list_entries(file: &mut File, total: u64) -> Result<[Span; 4], BundleError> {
@@ -595,6 +621,7 @@ pub(crate) mod tests {
         let mut kernel = Vec::new();
         bundle.copy_file(KERNEL_FILE, &mut kernel).unwrap();
         assert_eq!(kernel, b"kernel bytes");
+        assert_eq!(&read_manifest(&f.bundle).unwrap(), bundle.manifest());
         let names: Vec<String> = entries(&f.bundle).into_iter().map(|e| e.0).collect();
         assert_eq!(names, ENTRIES);
     }

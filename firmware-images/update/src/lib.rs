@@ -21,7 +21,8 @@ pub mod manifest;
 pub mod slot;
 
 pub use bundle::{
-    BundleError, MAX_BUNDLE_BYTES, VerifiedBundle, describe_files, open_verified, write_bundle,
+    BundleError, MAX_BUNDLE_BYTES, VerifiedBundle, describe_files, open_verified, read_manifest,
+    write_bundle,
 };
 pub use key::{KeyError, PublicKey, SecretKey, generate, load_trusted_keys};
 pub use manifest::{Arch, FileEntry, Manifest, ManifestError};

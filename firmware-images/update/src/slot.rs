@@ -164,6 +164,10 @@ pub enum SlotError {
     NoRunningEntry(Slot),
     #[error("{path}: not a boot entry this appliance understands ({reason})")]
     BadEntry { path: PathBuf, reason: String },
+    #[error(
+        "slot {0} is still on trial (not blessed yet): the other slot is the only one known to work, and is not replaced until this one serves"
+    )]
+    RunningOnTrial(Slot),
     #[error("boot tries must be 1 to {MAX_BOOT_TRIES}, not {0}")]
     Tries(u32),
     #[error(transparent)]
@@ -341,7 +345,8 @@ impl Boot {
     }
 
     /// Installs `bundle` into the slot not running, on trial with `tries` boots; the next
-    /// boot starts it (it is the newest generation). The running slot is never touched.
+    /// boot starts it (it is the newest generation). The running slot is never touched, and
+    /// must be blessed: while it is on trial the other slot is the only one known to boot.
     pub fn install(
         &self,
         bundle: &VerifiedBundle,
@@ -367,6 +372,9 @@ impl Boot {
         let entries = self.entries()?;
         let running =
             Self::entry_of(&entries, current).ok_or(SlotError::NoRunningEntry(current))?;
+        if running.name.state != EntryState::Good {
+            return Err(SlotError::RunningOnTrial(current));
+        }
         let options = slot_options(&running.options, target);
         let generation = entries.iter().map(|e| e.generation).max().unwrap_or(0) + 1;
 
@@ -631,6 +639,16 @@ mod tests {
             boot.install(&bundle, Slot::A, 0),
             Err(SlotError::Tries(0))
         ));
+        // Running a slot still on trial: the other one is the only known-good one, kept.
+        std::fs::rename(
+            boot.entries_dir().join("aisle-a.conf"),
+            boot.entries_dir().join("aisle-a+2-1.conf"),
+        )
+        .unwrap();
+        let err = boot.install(&bundle, Slot::A, 3).unwrap_err();
+        assert!(matches!(err, SlotError::RunningOnTrial(Slot::A)), "{err}");
+        assert_eq!(entry_names(&boot), ["aisle-a+2-1.conf"]);
+        assert!(boot.bless(Slot::A).unwrap());
         // Running b, which has no entry: nothing to copy the options from, nothing written.
         let err = boot.install(&bundle, Slot::B, 3).unwrap_err();
         assert!(matches!(err, SlotError::NoRunningEntry(Slot::B)), "{err}");
