@@ -240,6 +240,53 @@ impl Config {
     }
 }
 
+/// Removes the setting `key` (a path of table names and the key, `["hub", "enroll_token"]`)
+/// from the TOML file at `path`: a secret used once (the enrollment token, the first admin's
+/// password) does not stay on the provisioning partition. Everything else stays byte for
+/// byte (comments, order, formatting): written to a temporary file in the same directory,
+/// fsynced, renamed over the original (on the appliance the file is on a FAT partition,
+/// where Linux renames over an existing file too) and the directory fsynced. `Ok(false)`
+/// when the file does not hold the setting.
+pub fn forget_setting(path: &Path, key: &[&str]) -> std::io::Result<bool> {
+    let (name_of_key, tables) = key.split_last().expect("a setting has a name");
+    let invalid = |err: String| std::io::Error::new(std::io::ErrorKind::InvalidData, err);
+    let text = std::fs::read_to_string(path)?;
+    let mut document: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|err: toml_edit::TomlError| invalid(err.to_string()))?;
+    let mut table: Option<&mut dyn toml_edit::TableLike> = Some(document.as_table_mut());
+    for name in tables {
+        table = table
+            .and_then(|t| t.get_mut(name))
+            .and_then(|item| item.as_table_like_mut());
+    }
+    let removed = table.and_then(|t| t.remove(name_of_key)).is_some();
+    if !removed {
+        return Ok(false);
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = dir.join(format!(".{name}.tmp"));
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(document.to_string().as_bytes())?;
+        file.sync_all()?;
+    }
+    if let Err(err) = std::fs::rename(&temporary, path) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(err);
+    }
+    std::fs::File::open(&dir)?.sync_all()?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

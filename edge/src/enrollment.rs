@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 
+/// Where the one-time token sits in the config file (removed once used).
+pub const ENROLL_TOKEN_SETTING: &[&str] = &["hub", "enroll_token"];
+
 /// The file in the data directory holding the credential.
 pub const CREDENTIAL_FILE: &str = "hub-credential.json";
 
@@ -176,7 +179,11 @@ pub async fn obtain(
     );
     if let Some(file) = config.file.clone() {
         let shown = file.clone();
-        match tokio::task::spawn_blocking(move || remove_enroll_token(&file)).await {
+        match tokio::task::spawn_blocking(move || {
+            crate::config::forget_setting(&file, ENROLL_TOKEN_SETTING)
+        })
+        .await
+        {
             Ok(Ok(true)) => tracing::info!(
                 file = %shown.display(),
                 "removed the used enrollment token from the config file"
@@ -229,48 +236,6 @@ async fn check_hub_region(
     }
 }
 
-/// Removes `hub.enroll_token` from the TOML file at `path`, keeping everything else byte for
-/// byte (comments, order, formatting): written to a temporary file in the same directory,
-/// fsynced, renamed over the original (on the appliance the file is on a FAT partition,
-/// where Linux renames over an existing file too) and the directory fsynced. `Ok(false)`
-/// when the file holds no token.
-pub fn remove_enroll_token(path: &Path) -> std::io::Result<bool> {
-    let invalid = |err: String| std::io::Error::new(std::io::ErrorKind::InvalidData, err);
-    let text = std::fs::read_to_string(path)?;
-    let mut document: toml_edit::DocumentMut = text
-        .parse()
-        .map_err(|err: toml_edit::TomlError| invalid(err.to_string()))?;
-    let removed = document
-        .get_mut("hub")
-        .and_then(|hub| hub.as_table_like_mut())
-        .and_then(|hub| hub.remove("enroll_token"))
-        .is_some();
-    if !removed {
-        return Ok(false);
-    }
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = dir.join(format!(".{name}.tmp"));
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(document.to_string().as_bytes())?;
-        file.sync_all()?;
-    }
-    if let Err(err) = std::fs::rename(&temporary, path) {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(err);
-    }
-    std::fs::File::open(&dir)?.sync_all()?;
-    Ok(true)
-}
-
 /// Writes the credential atomically (temporary file, fsync, rename), readable by the owner only.
 fn store(data: &Path, credential: &StoreCredential) -> Result<(), EnrollError> {
     let path = credential_path(data);
@@ -311,15 +276,15 @@ mod tests {
         let path = dir.path().join("aisle.toml");
         let text = "# provisioned for store 12\nstore_id = \"sh-12\" # the box\n\n[hub]\n# the region's hub\nurl = \"http://hub:8090\"\nenroll_token = \"secret-token\"\n\n[update]\nboot_tries = 3\n";
         std::fs::write(&path, text).unwrap();
-        assert!(remove_enroll_token(&path).unwrap());
+        assert!(crate::config::forget_setting(&path, ENROLL_TOKEN_SETTING).unwrap());
         let after = std::fs::read_to_string(&path).unwrap();
         assert_eq!(after, text.replace("enroll_token = \"secret-token\"\n", ""));
-        assert!(!remove_enroll_token(&path).unwrap());
+        assert!(!crate::config::forget_setting(&path, ENROLL_TOKEN_SETTING).unwrap());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), after);
 
         // A dotted key and an inline table too.
         std::fs::write(&path, "hub.url = \"http://h\"\nhub.enroll_token = \"t\"\n").unwrap();
-        assert!(remove_enroll_token(&path).unwrap());
+        assert!(crate::config::forget_setting(&path, ENROLL_TOKEN_SETTING).unwrap());
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "hub.url = \"http://h\"\n"
@@ -329,7 +294,7 @@ mod tests {
             "hub = { url = \"http://h\", enroll_token = \"t\" }\n",
         )
         .unwrap();
-        assert!(remove_enroll_token(&path).unwrap());
+        assert!(crate::config::forget_setting(&path, ENROLL_TOKEN_SETTING).unwrap());
         assert!(
             !std::fs::read_to_string(&path)
                 .unwrap()

@@ -44,6 +44,21 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if fresh {
         create_first_admin(&conn, &config)?;
     }
+    if config.first_admin_password.is_some()
+        && let Some(file) = &config.file
+    {
+        // The account exists now: its initial password does not stay in the file (on the
+        // appliance, a FAT partition anyone holding the disk can read).
+        match crate::config::forget_setting(file, &["first_admin_password"]) {
+            Ok(true) => {
+                tracing::info!(file = %file.display(), "removed first_admin_password from the config file")
+            }
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(file = %file.display(), error = %err, "could not remove first_admin_password from the config file")
+            }
+        }
+    }
     let tokens =
         ResumeTokens::load_or_create(&config.data).map_err(|source| StartError::DataDir {
             path: config.data.clone(),
