@@ -260,6 +260,14 @@ pub async fn get_update(
 /// A bundle being received; removed when dropped (whatever happened to the request).
 struct Upload(PathBuf);
 
+impl Upload {
+    /// A fresh file name for a bundle being received, in the data directory (same disk as the
+    /// database, not the RAM-backed /tmp of the appliance).
+    fn in_data_dir(data: &Path) -> Upload {
+        Upload(data.join(format!("update-{}.aisle.partial", ulid::Ulid::new())))
+    }
+}
+
 impl Drop for Upload {
     fn drop(&mut self) {
         let path = std::mem::take(&mut self.0);
@@ -319,11 +327,7 @@ pub async fn post_update(
         return Err(UpdateError::Busy.into());
     };
 
-    let upload = Upload(
-        app.config
-            .data
-            .join(format!("update-{}.aisle.partial", ulid::Ulid::new())),
-    );
+    let upload = Upload::in_data_dir(&app.config.data);
     let mut file = tokio::fs::File::create(&upload.0)
         .await
         .map_err(ApiError::internal)?;
@@ -503,11 +507,7 @@ async fn pull_once(
         return Err(format!("bundle {version} exceeds max_bundle_bytes ({max})"));
     }
     tracing::info!(%version, running = ?running, "the hub offers another version; fetching it");
-    let upload = Upload(
-        app.config
-            .data
-            .join(format!("update-{}.aisle.partial", ulid::Ulid::new())),
-    );
+    let upload = Upload::in_data_dir(&app.config.data);
     let mut file = tokio::fs::File::create(&upload.0)
         .await
         .map_err(|e| e.to_string())?;

@@ -4,7 +4,7 @@
 //! writing unless `--yes`. A plain file as the target works the same (tests, VMs).
 
 use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{IsTerminal, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -63,7 +63,7 @@ pub fn flash(image: &Path, device: &Path, yes: bool) -> anyhow::Result<Flashed> 
     source.seek(SeekFrom::Start(0))?;
     let mut done = 0u64;
     while done < size {
-        let n = read_chunk(&mut source, &mut buf)?;
+        let n = crate::read_full(&mut source, &mut buf)?;
         ensure!(n > 0, "{} ended early", image.display());
         hasher.update(&buf[..n]);
         target
@@ -85,7 +85,7 @@ pub fn flash(image: &Path, device: &Path, yes: bool) -> anyhow::Result<Flashed> 
     let mut done = 0u64;
     while done < size {
         let want = CHUNK_BYTES.min((size - done) as usize);
-        let n = read_chunk(&mut check, &mut buf[..want])?;
+        let n = crate::read_full(&mut check, &mut buf[..want])?;
         ensure!(n > 0, "{} is shorter than the image", device.display());
         hasher.update(&buf[..n]);
         done += n as u64;
@@ -104,17 +104,6 @@ pub fn flash(image: &Path, device: &Path, yes: bool) -> anyhow::Result<Flashed> 
         sha256: actual,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-fn read_chunk(from: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match from.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
 
 /// Asks the kernel to forget the cached pages, so the read-back comes from the disk.

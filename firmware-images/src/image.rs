@@ -7,7 +7,7 @@
 //! the data and provisioning partitions and, by an update, the other slot.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -485,17 +485,7 @@ fn command_path(cmd: &mut Command) -> &mut Command {
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let output = command_path(cmd)
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{:?} failed: {}",
-            cmd.get_program(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
+    run_with_stdin(cmd, "")
 }
 
 fn run_with_stdin(cmd: &mut Command, input: &str) -> anyhow::Result<()> {
@@ -528,7 +518,7 @@ fn copy_sparse(from: &mut File, to: &mut File, offset: u64) -> anyhow::Result<()
     let mut buf = vec![0u8; BLOCK_BYTES];
     let mut at = offset;
     loop {
-        let n = read_full(from, &mut buf)?;
+        let n = crate::read_full(from, &mut buf)?;
         if n == 0 {
             break;
         }
@@ -539,15 +529,4 @@ fn copy_sparse(from: &mut File, to: &mut File, offset: u64) -> anyhow::Result<()
         at += n as u64;
     }
     Ok(())
-}
-
-fn read_full(from: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match from.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
