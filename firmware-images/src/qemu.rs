@@ -182,3 +182,28 @@ fn firmware(arch: Arch) -> anyhow::Result<(PathBuf, PathBuf)> {
         }
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_a_forwarded_port_that_is_taken() {
+        // Whatever holds the port (an orphaned QEMU of an earlier run) must not answer for
+        // the new box: refused before QEMU starts.
+        let taken = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let err = Vm::start(&Options {
+            arch: Arch::X86_64,
+            image: PathBuf::from("does-not-matter.img"),
+            port,
+            hub_port: None,
+            serial_log: None,
+            memory_mib: 256,
+            cpus: 1,
+        })
+        .err()
+        .expect("a taken port is refused");
+        assert!(format!("{err:#}").contains("is taken"), "{err:#}");
+    }
+}
