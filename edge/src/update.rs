@@ -15,7 +15,9 @@
 //!
 //! - Pull (`update.pull_interval_secs` > 0): the hub's newest bundle for this architecture is
 //!   fetched when its version differs from the running one, installed and rebooted into, as
-//!   if an admin had uploaded it. A bundle refused once is not fetched again.
+//!   if an admin had uploaded it. A bundle refused once is not fetched again while the edge
+//!   runs, and a version the box rolled back from (`rolled_back`, kept by the boot entries)
+//!   is never installed again from the hub.
 //!
 //! Every file operation runs in `spawn_blocking`; one install at a time.
 
@@ -111,13 +113,14 @@ impl From<UpdateError> for ApiError {
     }
 }
 
-/// The slot this process booted from: `update.current_slot` if set, else the kernel command
-/// line's `aisle.slot=`.
+/// The slot this process booted from: the kernel command line's `aisle.slot=` (what the boot
+/// loader actually started), else `update.current_slot` (tests, non-appliance use). A stray
+/// `current_slot` in a box's file can never point the installer at the running slot.
 pub fn current_slot(config: &UpdateConfig) -> Option<Slot> {
-    config.current_slot.or_else(|| {
-        let cmdline = std::fs::read_to_string(CMDLINE_PATH).ok()?;
-        aisle_update::current_slot_from_cmdline(&cmdline)
-    })
+    std::fs::read_to_string(CMDLINE_PATH)
+        .ok()
+        .and_then(|cmdline| aisle_update::current_slot_from_cmdline(&cmdline))
+        .or(config.current_slot)
 }
 
 /// The update state shared by the handlers.
@@ -467,11 +470,16 @@ async fn pull_once(
     };
     let config = app.config.update.clone();
     let current = app.update.current_slot;
-    let running = tokio::task::spawn_blocking(move || status_blocking(&config, current))
+    let status = tokio::task::spawn_blocking(move || status_blocking(&config, current))
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let running = status
+        .as_ref()
         .and_then(|status| status.running_slot().and_then(|s| s.version.clone()));
+    // A version this box already tried and rolled back from is not installed again (else a
+    // bad bundle the hub keeps offering would cost three failed boots every interval).
+    let rolled_back = status.and_then(|status| status.rolled_back);
     let mut request = http
         .get(format!("{url}/api/updates/{arch}/latest"))
         .header("x-aisle-store", &credential.store_id)
@@ -493,7 +501,9 @@ async fn pull_once(
         .and_then(|v| v.to_str().ok())
         .ok_or("the hub's answer names no version")?
         .to_owned();
-    if running.as_deref() == Some(version.as_str()) || refused.as_deref() == Some(version.as_str())
+    if running.as_deref() == Some(version.as_str())
+        || refused.as_deref() == Some(version.as_str())
+        || rolled_back.as_deref() == Some(version.as_str())
     {
         return Ok(None);
     }

@@ -105,7 +105,7 @@ pub fn build(opts: &BuildOptions, progress: &indicatif::ProgressBar) -> anyhow::
         .arg(&stripped)
         .arg(&edge))?;
     let edge_bytes = std::fs::read(&stripped)?;
-    let edge_version = edge_version(&edge_bytes);
+    let edge_version = edge_version(&stripped, arch);
     progress.inc(1);
 
     progress.set_message("Debian packages");
@@ -453,10 +453,20 @@ fn check_static_elf(bytes: &[u8], arch: Arch) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The edge's version as its binary says it (`aisle-edge x.y.z` is in `--version` output; the
-/// binary may be for another architecture, so it is read, not run).
-fn edge_version(_bytes: &[u8]) -> String {
-    env!("CARGO_PKG_VERSION").to_string()
+/// The edge's version: `aisle-edge --version` when the binary runs here (same architecture),
+/// else the workspace version this tool was built with (the same source, in a normal build).
+fn edge_version(binary: &Path, arch: Arch) -> String {
+    let ran = (std::env::consts::ARCH == arch.name())
+        .then(|| Command::new(binary).arg("--version").output().ok())
+        .flatten()
+        .filter(|out| out.status.success())
+        .and_then(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .strip_prefix("aisle-edge ")
+                .map(str::to_string)
+        });
+    ran.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string())
 }
 
 /// binutils' strip for `arch` (Debian: `binutils-aarch64-linux-gnu` comes with the cross gcc).

@@ -141,6 +141,10 @@ enum Cmd {
         hub_port: Option<u16>,
         #[arg(long, default_value_t = 1024)]
         memory_mib: u32,
+        /// Keep what the box writes in the image (by default the image is left as it was, so
+        /// it can still be flashed unused).
+        #[arg(long)]
+        persist: bool,
     },
 }
 
@@ -305,6 +309,7 @@ fn run(command: Cmd) -> anyhow::Result<()> {
             port,
             hub_port,
             memory_mib,
+            persist,
         } => {
             let vm = qemu::Vm::start(&qemu::Options {
                 arch,
@@ -314,6 +319,7 @@ fn run(command: Cmd) -> anyhow::Result<()> {
                 serial_log: None,
                 memory_mib,
                 cpus: 2,
+                snapshot: !persist,
             })?;
             eprintln!(
                 "QEMU pid {}; the box answers on http://127.0.0.1:{port}",

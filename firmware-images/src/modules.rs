@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-/// Drivers the appliance needs that Debian builds as modules: virtio disks and network (QEMU
-/// and most hypervisors), the FAT file system of the boot and provisioning partitions, and the
+/// Drivers the appliance needs that Debian may build as modules: virtio disks and network
+/// (QEMU and most hypervisors), ext4 (built in today), the FAT file system of the boot and provisioning partitions, and the
 /// disk and network drivers of common small x86/ARM boxes. A name the kernel does not have is
 /// skipped (the cloud kernel has no drivers for physical network cards).
 pub const WANTED: &[&str] = &[
@@ -20,6 +20,7 @@ pub const WANTED: &[&str] = &[
     "virtio_scsi",
     "virtio_net",
     "virtio_rng",
+    "ext4",
     "vfat",
     "nls_cp437",
     "nls_ascii",

@@ -166,11 +166,20 @@ fn with_partition(
     image: &Path,
     work: impl FnOnce(&Root<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(image)
-        .with_context(|| format!("opening {}", image.display()))?;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    if std::fs::metadata(image).is_ok_and(|m| m.file_type().is_block_device()) {
+        // A flashed disk a desktop has mounted (AISLE-PROV appears after a replug): writing
+        // behind the mounted file system would corrupt it. O_EXCL fails while it is mounted.
+        options.custom_flags(libc::O_EXCL);
+    }
+    let mut file = options.open(image).with_context(|| {
+        format!(
+            "opening {} (unmount its partitions first if it is a disk)",
+            image.display()
+        )
+    })?;
     let part = gpt::find(&mut file, gpt::PROVISION)?;
     let slice =
         fscommon::StreamSlice::new(file, part.offset_bytes, part.offset_bytes + part.size_bytes)?;

@@ -30,6 +30,10 @@ pub struct Options {
     pub serial_log: Option<PathBuf>,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// Keep the image unchanged: the box's writes (its database, the removal of a used
+    /// token) go to a temporary overlay that QEMU drops at exit. Reboots inside the run keep
+    /// them.
+    pub snapshot: bool,
 }
 
 /// A running QEMU; killed (by pid) when dropped.
@@ -108,7 +112,8 @@ impl Vm {
                 cmd.args(["-serial", "stdio"]);
             }
         }
-        // QEMU dies with this process, however it ends: no orphan keeps the port.
+        // QEMU dies with the thread that started it, however it ends (call this from a
+        // thread that lives as long as the VM): no orphan keeps the port.
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
@@ -201,6 +206,7 @@ mod tests {
             serial_log: None,
             memory_mib: 256,
             cpus: 1,
+            snapshot: true,
         })
         .err()
         .expect("a taken port is refused");

@@ -19,8 +19,13 @@ impl From<Arch> for aisle_update::Arch {
 
 /// Writes `PREFIX.key` (secret, readable by its owner only) and `PREFIX.pub`; never overwrites.
 pub fn keygen(prefix: &Path) -> anyhow::Result<(PathBuf, PathBuf, String)> {
-    let secret = prefix.with_extension("key");
-    let public = prefix.with_extension("pub");
+    // Appended, not `with_extension`: `release-2026.05` keeps its dot.
+    let with = |ext: &str| {
+        let mut name = prefix.as_os_str().to_owned();
+        name.push(ext);
+        PathBuf::from(name)
+    };
+    let (secret, public) = (with(".key"), with(".pub"));
     for path in [&secret, &public] {
         ensure!(
             !path.exists(),
@@ -55,6 +60,15 @@ pub fn sign(opts: &SignOptions) -> anyhow::Result<aisle_update::Manifest> {
         Some(path) if path.is_file() => {
             let built: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)
                 .with_context(|| format!("{} is not JSON", path.display()))?;
+            // A build without update keys makes an initramfs that trusts nothing: a box that
+            // installs it can never be updated again without reflashing.
+            ensure!(
+                built["update_keys"]
+                    .as_array()
+                    .is_some_and(|keys| !keys.is_empty()),
+                "{} was built without --update-key: a box running it would refuse every later update; rebuild with --update-key",
+                path.display()
+            );
             built["slot_a"]["inputs"].clone()
         }
         _ => serde_json::Value::Null,

@@ -67,6 +67,9 @@ impl Box_ {
             serial_log: Some(log.clone()),
             memory_mib: 1024,
             cpus: 2,
+            // The disk keeps what the box writes: the test reads the provisioning partition
+            // after the box is off.
+            snapshot: false,
         })
         .expect("QEMU starts");
         Box_ {

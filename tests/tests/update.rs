@@ -470,7 +470,7 @@ async fn a_store_pulls_the_hubs_newest_bundle_and_reboots_into_it() {
         .unwrap()
         .replace("[update]\n", "[update]\npull_interval_secs = 1\n");
     std::fs::write(&file, text).unwrap();
-    let edge = Edge::start_with(EdgeOptions {
+    let mut edge = Edge::start_with(EdgeOptions {
         args: vec!["--config".into(), file.display().to_string()],
         ..EdgeOptions::default()
     })
@@ -512,6 +512,26 @@ async fn a_store_pulls_the_hubs_newest_bundle_and_reboots_into_it() {
         std::fs::read(box_.esp().join("aisle/b/vmlinuz")).unwrap(),
         b"kernel 2.0"
     );
+
+    // 2.0 fails its trial (its tries used up) and the box is back on a: the hub still offers
+    // 2.0, and the store does not install it again (else three failed boots every interval).
+    let entries = box_.esp().join("loader/entries");
+    std::fs::rename(
+        entries.join("aisle-b+3.conf"),
+        entries.join("aisle-b+0-3.conf"),
+    )
+    .unwrap();
+    std::fs::remove_file(box_.rebooted_mark()).unwrap();
+    edge.restart().await;
+    assert_eq!(image(&edge).await["rolled_back"], "2.0");
+    wait_connected(&edge, DEADLINE).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(
+        box_.entry_names(),
+        ["aisle-a.conf", "aisle-b+0-3.conf"],
+        "2.0 not installed again"
+    );
+    assert!(!box_.rebooted_mark().exists(), "no reboot");
 
     // Without the store's credential the hub sends nothing.
     let r = reqwest::Client::builder()
