@@ -180,14 +180,7 @@ pub fn open_verified(
         path: path.to_owned(),
         source,
     };
-    let mut file = File::open(path).map_err(io)?;
-    let total = file.metadata().map_err(io)?.len();
-    if total > MAX_BUNDLE_BYTES {
-        return Err(BundleError::TooLarge {
-            size_bytes: total,
-            max_bytes: MAX_BUNDLE_BYTES,
-        });
-    }
+    let (mut file, total) = open_bounded(path)?;
 
     let spans = list_entries(&mut file, total)?;
     let [manifest_span, signature_span, kernel, initrd] = spans;
@@ -244,14 +237,7 @@ pub fn read_manifest(path: &Path) -> Result<Manifest, BundleError> {
         path: path.to_owned(),
         source,
     };
-    let mut file = File::open(path).map_err(io)?;
-    let total = file.metadata().map_err(io)?.len();
-    if total > MAX_BUNDLE_BYTES {
-        return Err(BundleError::TooLarge {
-            size_bytes: total,
-            max_bytes: MAX_BUNDLE_BYTES,
-        });
-    }
+    let (mut file, total) = open_bounded(path)?;
     let [manifest_span, ..] = list_entries(&mut file, total)?;
     if manifest_span.size > MAX_MANIFEST_BYTES {
         return Err(BundleError::ManifestTooLarge {
@@ -443,6 +429,23 @@ pub fn describe_files(
     };
     manifest.validate()?;
     Ok(manifest)
+}
+
+/// Opens a bundle file, refusing one over [`MAX_BUNDLE_BYTES`] before reading any of it.
+fn open_bounded(path: &Path) -> Result<(File, u64), BundleError> {
+    let io = |source| BundleError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let total = file.metadata().map_err(io)?.len();
+    if total > MAX_BUNDLE_BYTES {
+        return Err(BundleError::TooLarge {
+            size_bytes: total,
+            max_bytes: MAX_BUNDLE_BYTES,
+        });
+    }
+    Ok((file, total))
 }
 
 /// Builds, signs and writes a bundle to `out` (temporary file, fsync, rename): the kernel
