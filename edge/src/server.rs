@@ -39,6 +39,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         source,
     })?;
     let db_path = config.database_path();
+    let rolled_back =
+        crate::update::status_blocking(&config.update, crate::update::current_slot(&config.update))
+            .ok()
+            .flatten()
+            .and_then(|status| status.rolled_back);
+    if rolled_back.is_some() {
+        store::restore_after_rollback(&db_path)?;
+    }
     let conn = store::open(&db_path)?;
     let fresh = queries::count_staff(&conn).map_err(|e| StartError::Other(e.message))? == 0;
     if fresh {

@@ -109,6 +109,20 @@ impl Appliance {
         .await
     }
 
+    /// Slot b holds `version` (generation 2), tried three times and never blessed: the box
+    /// is back on slot a, a rollback.
+    fn fail_slot_b(&self, version: &str) {
+        let b = self.esp().join("aisle/b");
+        std::fs::create_dir_all(&b).unwrap();
+        let manifest = std::fs::read_to_string(self.esp().join("aisle/a/manifest.json")).unwrap();
+        std::fs::write(
+            b.join("manifest.json"),
+            manifest.replace("\"1.0\"", &format!("\"{version}\"")),
+        )
+        .unwrap();
+        self.write_entry("aisle-b+0-3.conf", version, Slot::B, 2);
+    }
+
     /// Every file under the ESP with its bytes (to tell that nothing changed).
     fn esp_snapshot(&self) -> Vec<(String, Vec<u8>)> {
         fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, Vec<u8>)>) {
@@ -346,24 +360,71 @@ async fn a_slot_on_trial_is_blessed_once_serving_and_a_rollback_is_shown() {
     .await;
 
     // Slot b (2.0, generation 2) was tried three times and never blessed: a booted again.
-    let b = box_.esp().join("aisle/b");
-    std::fs::create_dir_all(&b).unwrap();
-    std::fs::copy(
-        box_.esp().join("aisle/a/manifest.json"),
-        b.join("manifest.json"),
-    )
-    .unwrap();
-    let manifest = std::fs::read_to_string(b.join("manifest.json")).unwrap();
-    std::fs::write(
-        b.join("manifest.json"),
-        manifest.replace("\"1.0\"", "\"2.0\""),
-    )
-    .unwrap();
-    box_.write_entry("aisle-b+0-3.conf", "2.0", Slot::B, 2);
+    box_.fail_slot_b("2.0");
     assert_eq!(
         image(&edge).await,
         json!({"slot": "a", "version": "1.0", "trial": false, "rolled_back": "2.0"})
     );
+}
+
+/// An update migrated the database and then failed its trial: the old edge finds a schema it
+/// does not know. With the rollback shown by the boot entries it puts back the copy taken
+/// before the migration and starts (the newer database kept beside it); without one (a
+/// deliberate downgrade) it refuses, losing nothing.
+#[tokio::test]
+async fn after_a_rollback_the_database_copied_before_the_migration_is_restored() {
+    let box_ = Appliance::new();
+    let mut edge = box_.start_edge("").await;
+    let admin = edge.http().login_admin().await;
+    edge.http()
+        .create_staff(&admin, "lin", "Lin", "lin-password-1", 4)
+        .await;
+    edge.terminate().await;
+
+    // What the newer edge did at its start: copied the database, then migrated it further.
+    let db = edge.data_dir().join("aisle-edge.db");
+    let version: u32 = {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        let backup = format!("{}.schema-{version}.bak", db.display());
+        conn.execute("VACUUM INTO ?1", [&backup]).unwrap();
+        conn.execute_batch("CREATE TABLE from_the_future (x INTEGER)")
+            .unwrap();
+        conn.pragma_update(None, "user_version", version + 1)
+            .unwrap();
+        version
+    };
+
+    // No rollback on the boot partition: the newer database is refused, untouched.
+    assert!(
+        edge.try_restart().await.is_err(),
+        "a newer schema is refused"
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let still: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(still, version + 1);
+    drop(conn);
+
+    // The update (2.0) was rolled back: the edge restores the copy and serves.
+    box_.fail_slot_b("2.0");
+    edge.restart().await;
+    assert_eq!(image(&edge).await["rolled_back"], "2.0");
+    edge.http().login("lin", "lin-password-1").await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let now: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(now, version);
+    let kept: Vec<String> = std::fs::read_dir(edge.data_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(&format!(".schema-{}.rolled-back-", version + 1)))
+        .collect();
+    assert!(!kept.is_empty(), "the newer database is kept beside it");
 }
 
 /// Off an appliance image (no `update.boot_dir`): `/healthz` shows no image and an install

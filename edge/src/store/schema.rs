@@ -3,6 +3,8 @@
 //! `PRAGMA user_version` holds the number of migrations applied. Each migration runs in its
 //! own transaction; a database newer than this binary is refused rather than guessed at.
 
+use std::path::{Path, PathBuf};
+
 use rusqlite::Connection;
 
 use crate::error::StartError;
@@ -207,8 +209,27 @@ const MIGRATIONS: &[&str] = &[
 /// Number of migrations this binary knows.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
+/// The copy of the database taken before migrating it from schema `version` (`VACUUM INTO`,
+/// next to the database): what an older edge goes back to when the update that migrated the
+/// database failed its trial and the box booted its old slot (`store::open_after_rollback`).
+pub fn backup_path(db: &Path, version: u32) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(format!(".schema-{version}.bak"));
+    PathBuf::from(name)
+}
+
 pub fn migrate(conn: &mut Connection) -> Result<(), StartError> {
     let current: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if current > 0 && current < SCHEMA_VERSION {
+        // A database written by an older edge is about to change shape: keep a copy first, so
+        // a rolled-back update leaves the old edge a database it can open.
+        if let Some(db) = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from) {
+            let backup = backup_path(&db, current);
+            let _ = std::fs::remove_file(&backup);
+            conn.execute("VACUUM INTO ?1", [backup.to_string_lossy()])?;
+            tracing::info!(backup = %backup.display(), from = current, to = SCHEMA_VERSION, "copied the database before migrating it");
+        }
+    }
     if current > SCHEMA_VERSION {
         return Err(StartError::Schema(format!(
             "database has schema version {current}, this aisle-edge knows up to {SCHEMA_VERSION}; \
@@ -256,5 +277,30 @@ mod tests {
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
         assert!(matches!(migrate(&mut conn), Err(StartError::Schema(_))));
+    }
+
+    #[test]
+    fn an_older_database_is_copied_before_it_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut conn = Connection::open(&path).unwrap();
+        configure(&conn).unwrap();
+        // A database as an older edge (schema 3) left it.
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        migrate(&mut conn).unwrap();
+        let backup = backup_path(&path, 3);
+        let copy = Connection::open(&backup).unwrap();
+        let version: u32 = copy
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3, "the copy is the database before the migration");
+        // A fresh database has nothing to keep.
+        let fresh = dir.path().join("fresh.db");
+        let mut conn = Connection::open(&fresh).unwrap();
+        migrate(&mut conn).unwrap();
+        assert!(!backup_path(&fresh, 0).exists());
     }
 }
