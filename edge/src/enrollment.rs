@@ -120,21 +120,14 @@ pub async fn obtain(
     if let Some(region) = &config.region {
         check_hub_region(http, url, region).await?;
     }
-    let response = http
+    let request = http
         .post(format!("{}/api/enroll", url.trim_end_matches('/')))
         .json(&serde_json::json!({
             "store_id": config.store_id,
             "enrollment_token": token,
             "edge_version": env!("CARGO_PKG_VERSION"),
-        }))
-        .send()
-        .await
-        .map_err(|err| EnrollError::Transient(err.to_string()))?;
-    let status = response.status();
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .map_err(|err| EnrollError::Transient(format!("hub answered {status}: {err}")))?;
+        }));
+    let (status, body) = json_answer(request, "hub").await?;
     if !status.is_success() {
         let code = body["error"]["code"]
             .as_str()
@@ -209,6 +202,24 @@ fn wrong_region(url: &str, hub_region: &str, region: &str) -> EnrollError {
     }
 }
 
+/// Sends `request` and reads its JSON answer; the hub not answering, or answering something
+/// that is not JSON, is transient (retried).
+async fn json_answer(
+    request: reqwest::RequestBuilder,
+    what: &str,
+) -> Result<(reqwest::StatusCode, serde_json::Value), EnrollError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|err| EnrollError::Transient(err.to_string()))?;
+    let status = response.status();
+    let body = response
+        .json()
+        .await
+        .map_err(|err| EnrollError::Transient(format!("{what} answered {status}: {err}")))?;
+    Ok((status, body))
+}
+
 /// Asks the hub's `/healthz` which region it serves; another region than the store's is
 /// refused before the token is sent (a token spent at the wrong hub is lost).
 async fn check_hub_region(
@@ -217,16 +228,7 @@ async fn check_hub_region(
     region: &str,
 ) -> Result<(), EnrollError> {
     let url = url.trim_end_matches('/');
-    let response = http
-        .get(format!("{url}/healthz"))
-        .send()
-        .await
-        .map_err(|err| EnrollError::Transient(err.to_string()))?;
-    let status = response.status();
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .map_err(|err| EnrollError::Transient(format!("hub /healthz answered {status}: {err}")))?;
+    let (status, body) = json_answer(http.get(format!("{url}/healthz")), "hub /healthz").await?;
     match body["region"].as_str() {
         Some(hub_region) if hub_region == region => Ok(()),
         Some(hub_region) => Err(wrong_region(url, hub_region, region)),

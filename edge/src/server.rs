@@ -39,11 +39,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         source,
     })?;
     let db_path = config.database_path();
-    let rolled_back =
-        crate::update::status_blocking(&config.update, crate::update::current_slot(&config.update))
-            .ok()
-            .flatten()
-            .and_then(|status| status.rolled_back);
+    // The running slot, read once; a rolled-back update may have left a database this binary
+    // does not know (store::restore_after_rollback).
+    let updates = crate::update::Updates::new(&config.update);
+    let rolled_back = crate::update::status_blocking(&config.update, updates.current_slot)
+        .ok()
+        .flatten()
+        .and_then(|status| status.rolled_back);
     if rolled_back.is_some() {
         store::restore_after_rollback(&db_path)?;
     }
@@ -98,7 +100,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     })?;
     let (shutdown, completion) = Shutdown::new();
     let config_web_dir = config.web_dir.clone();
-    let config_update = config.update.clone();
     let classifier = crate::intent::start(&config)
         .map_err(|e| StartError::Other(format!("loading the intent model: {e}")))?;
     let app = Arc::new(App {
@@ -116,7 +117,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         web: crate::web::assets(config_web_dir),
         classifier,
         model_error: Default::default(),
-        update: crate::update::Updates::new(&config_update),
+        update: updates,
     });
     let _model_watcher = crate::intent::watch(&app);
     let router = router(Arc::clone(&app));

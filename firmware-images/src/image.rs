@@ -46,21 +46,40 @@ const ROOTFS: &[(&str, &str)] = &[
     ),
 ];
 
+/// `aisle-image build`'s options (the command line parses straight into them).
+#[derive(clap::Args)]
 pub struct BuildOptions {
+    #[arg(long, value_enum)]
     pub arch: Arch,
+    /// Output directory.
+    #[arg(long, default_value = "target/images")]
     pub out: PathBuf,
-    /// The static edge binary; built with cargo when unset.
+    /// The static aisle-edge binary for the architecture (default: built with cargo).
+    #[arg(long, value_name = "FILE")]
     pub edge_binary: Option<PathBuf>,
-    /// Where Debian packages are kept between builds.
+    /// Where downloaded Debian packages are kept between builds.
+    #[arg(long, default_value = "target/images/debs")]
     pub cache: PathBuf,
+    /// Use only packages already in the cache.
+    #[arg(long)]
     pub offline: bool,
+    /// Kernel package (default: Debian's cloud kernel; linux-image-amd64 / linux-image-arm64
+    /// has the drivers of physical boxes).
+    #[arg(long, value_name = "PACKAGE")]
     pub kernel_package: Option<String>,
     /// The image's version (manifest, boot menu, `/healthz`).
+    #[arg(long = "image-version", value_name = "VERSION", default_value = env!("CARGO_PKG_VERSION"))]
     pub version: String,
-    /// Public keys whose signed bundles the box will install.
+    /// Public key (aisle-image keygen) whose signed update bundles the box installs;
+    /// repeatable. Without one, the box refuses every update.
+    #[arg(long = "update-key", value_name = "FILE")]
     pub update_keys: Vec<PathBuf>,
+    /// Size of the data partition.
+    #[arg(long, default_value_t = DEFAULT_DATA_MIB)]
     pub data_mib: u64,
-    /// Seconds a slot on trial has to get healthy (kernel option `aisle.trial_timeout`).
+    /// Seconds a newly installed slot has to report healthy before the box falls back
+    /// (kernel option `aisle.trial_timeout`).
+    #[arg(long, default_value_t = 120)]
     pub trial_timeout_secs: u32,
 }
 

@@ -23,39 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build the flashable disk image of an architecture (and its manifest).
-    Build {
-        #[arg(long, value_enum)]
-        arch: Arch,
-        /// Output directory.
-        #[arg(long, default_value = "target/images")]
-        out: PathBuf,
-        /// The static aisle-edge binary for the architecture (default: built with cargo).
-        #[arg(long, value_name = "FILE")]
-        edge_binary: Option<PathBuf>,
-        /// Where downloaded Debian packages are kept.
-        #[arg(long, default_value = "target/images/debs")]
-        cache: PathBuf,
-        /// Use only packages already in the cache.
-        #[arg(long)]
-        offline: bool,
-        /// Kernel package (default: Debian's cloud kernel; linux-image-amd64 / linux-image-arm64
-        /// has the drivers of physical boxes).
-        #[arg(long, value_name = "PACKAGE")]
-        kernel_package: Option<String>,
-        /// The image's version (default: the edge's version).
-        #[arg(long = "image-version", value_name = "VERSION")]
-        image_version: Option<String>,
-        /// Public key (aisle-image keygen) whose signed update bundles the box installs;
-        /// repeatable. Without one, the box refuses every update.
-        #[arg(long = "update-key", value_name = "FILE")]
-        update_keys: Vec<PathBuf>,
-        /// Size of the data partition.
-        #[arg(long, default_value_t = image::DEFAULT_DATA_MIB)]
-        data_mib: u64,
-        /// Seconds a newly installed slot has to report healthy before the box falls back.
-        #[arg(long, default_value_t = 120)]
-        trial_timeout_secs: u32,
-    },
+    Build(image::BuildOptions),
     /// Write a store's configuration into an image (or a flashed disk).
     Provision {
         image: PathBuf,
@@ -160,30 +128,7 @@ fn main() -> ExitCode {
 
 fn run(command: Cmd) -> anyhow::Result<()> {
     match command {
-        Cmd::Build {
-            arch,
-            out,
-            edge_binary,
-            cache,
-            offline,
-            kernel_package,
-            image_version,
-            update_keys,
-            data_mib,
-            trial_timeout_secs,
-        } => {
-            let opts = image::BuildOptions {
-                arch,
-                out,
-                edge_binary,
-                cache,
-                offline,
-                kernel_package,
-                version: image_version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
-                update_keys,
-                data_mib,
-                trial_timeout_secs,
-            };
+        Cmd::Build(opts) => {
             if opts.update_keys.is_empty() {
                 eprintln!(
                     "aisle-image: warning: no --update-key: this image will refuse every update"
