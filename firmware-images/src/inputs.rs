@@ -75,11 +75,12 @@ fn resolve_meta(name: &str, arch: Arch, cache: &Path, offline: bool) -> anyhow::
         let mut found: Vec<String> = list_debs(cache)?
             .into_iter()
             .filter_map(|(n, _, a)| {
-                (a == arch.deb()
-                    && n.starts_with("linux-image-")
-                    && n.ends_with(&flavour)
-                    && n != name)
-                    .then_some(n)
+                // `linux-image-<release>-<abi>-<flavour>`: the flavour exactly, so `amd64` does
+                // not pick `cloud-amd64`.
+                let own_flavour = n
+                    .strip_prefix("linux-image-")
+                    .and_then(|rest| rest.splitn(3, '-').nth(2));
+                (a == arch.deb() && own_flavour == Some(flavour.as_str())).then_some(n)
             })
             .collect();
         found.sort();
@@ -154,4 +155,26 @@ pub fn unpack(package: &Package, dir: &Path) -> anyhow::Result<()> {
         bail!("dpkg -x {} failed", package.deb.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offline_kernel_is_the_asked_flavour() {
+        let cache = tempfile::tempdir().unwrap();
+        for deb in [
+            "linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb",
+            "linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb",
+        ] {
+            std::fs::write(cache.path().join(deb), b"deb").unwrap();
+        }
+        let pick = |meta: &str| resolve_meta(meta, Arch::X86_64, cache.path(), true).unwrap();
+        assert_eq!(pick("linux-image-amd64"), "linux-image-6.1.0-56-amd64");
+        assert_eq!(
+            pick("linux-image-cloud-amd64"),
+            "linux-image-6.1.0-56-cloud-amd64"
+        );
+    }
 }
