@@ -39,6 +39,9 @@ pub struct Config {
     /// embedded in the binary: for front-end work without a rebuild. Unset in production.
     pub web_dir: Option<PathBuf>,
     pub routing: Routing,
+    /// How long the store keeps resolved conversations (the region's period, told by the hub,
+    /// wins when it sets one).
+    pub retention: Retention,
     pub hub: HubLink,
     pub model: ModelConfig,
     pub limits: Limits,
@@ -126,6 +129,27 @@ pub struct Routing {
     pub capacity_per_staff: u32,
 }
 
+/// The store's own retention period, for a store without a hub or whose hub sets none: the
+/// region's period (sent by the hub in every sync `welcome`, kept in the database) wins.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// A resolved conversation is erased this long after it was resolved (31536000 = 365
+    /// days). 0: kept until erased on request (or by the region's period).
+    pub resolved_conversation_secs: u64,
+    /// How often the store looks for conversations past the period.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            resolved_conversation_secs: 0,
+            sweep_interval_secs: 3600,
+        }
+    }
+}
+
 impl Default for Routing {
     fn default() -> Self {
         Self {
@@ -148,6 +172,7 @@ impl Default for Config {
             handoff_ttl_secs: 600,
             web_dir: None,
             routing: Routing::default(),
+            retention: Retention::default(),
             hub: HubLink::default(),
             model: ModelConfig::default(),
             limits: Limits::default(),
@@ -190,6 +215,11 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        if self.retention.sweep_interval_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "retention.sweep_interval_secs must be positive".into(),
+            ));
+        }
         if self.store_id.is_empty() || self.store_id.len() > 64 {
             return Err(ConfigError::Invalid(
                 "store_id must be 1 to 64 characters".into(),

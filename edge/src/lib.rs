@@ -19,6 +19,7 @@ pub mod config;
 pub mod connection;
 pub mod delivery;
 pub mod enrollment;
+pub mod erasure;
 pub mod error;
 pub mod frame;
 pub mod intent;

@@ -43,6 +43,9 @@ pub struct Limits {
     pub max_history_frames: usize,
     /// Items per page of the HTTP API.
     pub max_page_items: usize,
+    /// Conversations erased in one transaction (a retention sweep's batch, an `erase` frame's
+    /// share); more are erased in further transactions.
+    pub max_erase_batch_documents: usize,
     /// HTTP request body size.
     pub max_http_body_bytes: usize,
     /// Size of one uploaded image (`POST /api/attachments`).
@@ -117,6 +120,7 @@ impl Default for Limits {
             max_hot_documents: 2048,
             max_history_frames: 1000,
             max_page_items: 500,
+            max_erase_batch_documents: 256,
             max_http_body_bytes: 64 * 1024,
             max_attachment_bytes: 5 * 1024 * 1024,
             max_bundle_bytes: aisle_update::MAX_BUNDLE_BYTES,
@@ -160,6 +164,7 @@ impl Limits {
             ("max_hot_documents", self.max_hot_documents),
             ("max_history_frames", self.max_history_frames),
             ("max_page_items", self.max_page_items),
+            ("max_erase_batch_documents", self.max_erase_batch_documents),
             ("max_attachment_bytes", self.max_attachment_bytes),
             ("max_qr_text_bytes", self.max_qr_text_bytes),
             ("max_classify_queue", self.max_classify_queue),

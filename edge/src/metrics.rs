@@ -26,6 +26,8 @@ pub struct Metrics {
     pub write_queue_depth: IntGauge,
     pub errors: IntCounterVec,
     pub limit_exceeded: IntCounterVec,
+    /// Conversations erased here, by reason (`customer_request`, `retention`, `hub`).
+    pub erased_conversations: IntCounterVec,
     pub hot_documents: IntGauge,
     pub document_compactions: IntCounter,
     pub conversations_started: IntCounter,
@@ -110,6 +112,14 @@ impl Metrics {
                 "Times a configured limit was reached, by limit name",
             ),
             &["limit"],
+        )
+        .expect("metric");
+        let erased_conversations = IntCounterVec::new(
+            Opts::new(
+                "aisle_erased_conversations_total",
+                "Conversations erased (content deleted, tombstone kept), by reason",
+            ),
+            &["reason"],
         )
         .expect("metric");
         let hot_documents = IntGauge::new(
@@ -226,6 +236,7 @@ impl Metrics {
             Box::new(write_queue_depth.clone()),
             Box::new(errors.clone()),
             Box::new(limit_exceeded.clone()),
+            Box::new(erased_conversations.clone()),
             Box::new(hot_documents.clone()),
             Box::new(document_compactions.clone()),
             Box::new(conversations_started.clone()),
@@ -256,6 +267,7 @@ impl Metrics {
             write_queue_depth,
             errors,
             limit_exceeded,
+            erased_conversations,
             hot_documents,
             document_compactions,
             conversations_started,

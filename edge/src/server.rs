@@ -137,6 +137,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     });
     // Database open, model loaded, listener bound: this slot works; bless it if on trial.
     tokio::spawn(crate::update::bless_running(Arc::clone(&app)));
+    tokio::spawn(crate::erasure::sweep(Arc::clone(&app)));
     tokio::spawn(crate::update::pull_from_hub(Arc::clone(&app)));
     let signal_app = Arc::clone(&app);
     axum::serve(listener, router)
@@ -189,7 +190,14 @@ pub fn router(app: Arc<App>) -> Router {
             put(api::update_canned).delete(api::delete_canned),
         )
         .route("/api/conversations", get(api::list_conversations))
-        .route("/api/conversations/{id}", get(api::get_conversation))
+        .route(
+            "/api/conversations/{id}",
+            get(api::get_conversation).delete(crate::erasure::erase_conversation),
+        )
+        .route(
+            "/api/customers/{id}",
+            axum::routing::delete(crate::erasure::erase_customer),
+        )
         .route(
             "/api/conversations/{id}/messages",
             get(api::conversation_messages),

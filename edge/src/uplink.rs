@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aisle_sync::protocol::codes;
+use aisle_sync::protocol::{MAX_ERASE_DOCS, codes};
 use aisle_sync::{
     ConversationId, Credential, DocumentKey, Frame, ManifestEntry, PeerSync, decode_frame,
     encode_frame, manifest_frames,
@@ -279,8 +279,12 @@ async fn session(
         Ok(Err(reason)) => return Ended::Lost(reason),
         Err(_) => return Ended::Lost("no welcome".into()),
     };
-    let hub_id = match welcome {
-        Frame::Welcome { region, hub_id } if region == credential.region => hub_id,
+    let (hub_id, resolved_retention_secs) = match welcome {
+        Frame::Welcome {
+            region,
+            hub_id,
+            resolved_retention_secs,
+        } if region == credential.region => (hub_id, resolved_retention_secs),
         Frame::Welcome { region, .. } => {
             let message = format!(
                 "the hub serves region {region}, this store is enrolled in {}",
@@ -306,6 +310,7 @@ async fn session(
         s.last_sync_at_ms = Some(now_ms());
     });
     tracing::info!(hub_id = %hub_id, region = %credential.region, "connected to the hub");
+    crate::erasure::remember_region_retention(app, resolved_retention_secs).await;
 
     static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let hub = Arc::new(HubSession {
@@ -333,6 +338,7 @@ async fn session(
         hub,
         local_manifest: local,
         remote_manifest: Vec::new(),
+        erasures_sent: HashSet::new(),
         pending: FuturesOrdered::new(),
         generating: false,
         acked: HashSet::new(),
@@ -352,6 +358,8 @@ struct Link {
     generating: bool,
     /// Conversations the hub answered since the last flush of `hub_heads`.
     acked: HashSet<DocumentKey>,
+    /// Erasures told to the hub this session, not yet confirmed (not sent twice).
+    erasures_sent: HashSet<ConversationId>,
     socket: Socket,
     max_frame: usize,
 }
@@ -366,6 +374,10 @@ impl Link {
         let mut flush = tokio::time::interval(Duration::from_millis(500));
         let mut last_heard = Instant::now();
         let app = Arc::clone(&self.app);
+        // Erasures made here while the hub was away (or not yet confirmed by it).
+        if let Err(reason) = self.tell_erasures().await {
+            return Ended::Lost(reason);
+        }
         loop {
             if let Err(reason) = self.pump() {
                 return Ended::Lost(reason);
@@ -411,6 +423,11 @@ impl Link {
                     }
                 }
                 _ = app.changes.changed() => {
+                    if !app.changes.take_erased().is_empty()
+                        && let Err(reason) = self.tell_erasures().await
+                    {
+                        return Ended::Lost(reason);
+                    }
                     let changed = app.changes.take();
                     if let Ok(mut peer) = self.hub.peer.lock() {
                         for id in changed {
@@ -533,6 +550,7 @@ impl Link {
                 }
                 self.acked.insert(doc);
             }
+            Frame::Erase { docs } => self.on_erase(docs).await,
             Frame::Ping => {
                 if let Err(reason) = send(&mut self.socket, &Frame::Pong, self.max_frame).await {
                     return Some(Ended::Lost(reason));
@@ -574,6 +592,64 @@ impl Link {
             }
         }
         None
+    }
+
+    /// Sends `erase` frames for the conversations erased here that the hub has not confirmed.
+    async fn tell_erasures(&mut self) -> Result<(), String> {
+        let limit = self
+            .app
+            .config
+            .limits
+            .max_erase_batch_documents
+            .max(MAX_ERASE_DOCS);
+        let untold = crate::erasure::untold(&self.app, limit)
+            .await
+            .map_err(|err| format!("reading erasures: {}", err.message))?;
+        let docs: Vec<DocumentKey> = untold
+            .into_iter()
+            .filter(|id| self.erasures_sent.insert(*id))
+            .map(DocumentKey::from)
+            .collect();
+        for chunk in docs.chunks(MAX_ERASE_DOCS) {
+            let frame = Frame::Erase {
+                docs: chunk.to_vec(),
+            };
+            send(&mut self.socket, &frame, self.max_frame).await?;
+        }
+        Ok(())
+    }
+
+    /// The hub erased these conversations (or confirms it erased those this store told it
+    /// about): erase the copies held here and keep their tombstones as told.
+    async fn on_erase(&mut self, docs: Vec<DocumentKey>) {
+        let ids: Vec<ConversationId> = docs.iter().filter_map(|k| k.conversation_id()).collect();
+        if let Ok(mut peer) = self.hub.peer.lock() {
+            for key in &docs {
+                if !peer.is_awaiting(key) {
+                    peer.forget(key);
+                }
+            }
+        }
+        for id in &ids {
+            self.erasures_sent.remove(id);
+        }
+        // Not awaited: the writer answers when it committed; a failure is logged and the hub
+        // says it again when the next manifest still lists the conversation.
+        let app = Arc::clone(&self.app);
+        tokio::spawn(async move {
+            if let Err(err) = crate::erasure::erase(
+                &app,
+                ids,
+                None,
+                crate::store::writer::erase::HUB,
+                "hub".into(),
+                true,
+            )
+            .await
+            {
+                tracing::warn!(error = %err.message, "erasing what the hub erased");
+            }
+        });
     }
 
     /// Records what the hub holds (`conversations.hub_heads`) for the conversations it answered.

@@ -41,7 +41,30 @@ pub struct Config {
     /// (`x86_64`, `aarch64`); the newest file (by modification time) is the one offered.
     /// Unset: no updates are offered. The hub does not verify them; each store does.
     pub updates_dir: Option<PathBuf>,
+    /// How long the region keeps what it no longer needs.
+    pub retention: Retention,
     pub limits: Limits,
+}
+
+/// The region's retention period, applied by the hub and carried to every store in the sync
+/// `welcome` (a store keeps applying it while its uplink is down).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// A resolved conversation is erased everywhere this long after it was resolved
+    /// (31536000 = 365 days). 0: conversations are kept until erased on request.
+    pub resolved_conversation_secs: u64,
+    /// How often the hub looks for conversations past the period.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            resolved_conversation_secs: 0,
+            sweep_interval_secs: 3600,
+        }
+    }
 }
 
 impl Default for Config {
@@ -56,6 +79,7 @@ impl Default for Config {
             enrollment_token_ttl_secs: 24 * 3600,
             web_dir: None,
             updates_dir: None,
+            retention: Retention::default(),
             limits: Limits::default(),
         }
     }
@@ -110,6 +134,11 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "first_admin_password needs at least 8 characters".into(),
+            ));
+        }
+        if self.retention.sweep_interval_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "retention.sweep_interval_secs must be positive".into(),
             ));
         }
         if self.session_ttl_secs == 0 || self.enrollment_token_ttl_secs == 0 {

@@ -54,6 +54,13 @@ impl Shares {
         }
     }
 
+    /// Forgets an erased document.
+    pub fn remove(&self, doc_key: &str) {
+        if let Ok(mut map) = self.by_doc.write() {
+            map.remove(doc_key);
+        }
+    }
+
     /// The stores (other than the origin) that sync `doc_key`.
     pub fn stores_of(&self, doc_key: &str) -> Vec<String> {
         self.by_doc

@@ -15,6 +15,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod continuation;
+pub mod erasure;
 pub mod error;
 pub mod hq;
 pub mod limits;

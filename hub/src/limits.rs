@@ -36,6 +36,9 @@ pub struct Limits {
     /// A query whose every term is shorter than a trigram (3 characters, e.g. the Chinese word
     /// 退货) cannot use the index: it scans at most this many of the newest messages.
     pub max_search_scan_messages: usize,
+    /// Documents erased in one transaction (a customer's deletion, a retention sweep, a store's
+    /// `erase` frame); more are erased in further transactions.
+    pub max_erase_batch_documents: usize,
     /// Longest time range of `GET /api/figures` (one volume entry per hour).
     pub max_figures_range_hours: u64,
     /// Documents one sync session keeps in memory; past this, documents with no open round are
@@ -62,6 +65,7 @@ impl Default for Limits {
             max_search_results: 100,
             max_search_query_chars: 200,
             max_search_scan_messages: 200_000,
+            max_erase_batch_documents: 256,
             max_figures_range_hours: 31 * 24,
             max_session_documents: 256,
         }
@@ -102,6 +106,10 @@ impl Limits {
             ),
             ("max_figures_range_hours", self.max_figures_range_hours),
             ("max_session_documents", self.max_session_documents as u64),
+            (
+                "max_erase_batch_documents",
+                self.max_erase_batch_documents as u64,
+            ),
         ] {
             if value == 0 {
                 return Err(format!("limits.{name} must be positive"));

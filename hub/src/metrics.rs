@@ -23,6 +23,8 @@ pub struct Metrics {
     pub refused: IntCounterVec,
     pub errors: IntCounterVec,
     pub stores: IntGaugeVec,
+    /// Documents erased, by reason (`customer_request`, `retention`, `store_request`).
+    pub erased: IntCounterVec,
 }
 
 fn counter_vec(name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -79,6 +81,11 @@ impl Metrics {
             &["status"],
         )
         .expect("metric");
+        let erased = counter_vec(
+            "aisle_hub_erased_documents_total",
+            "Documents erased (content deleted, tombstone kept), by reason",
+            "reason",
+        );
         for collector in [
             Box::new(connected_stores.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(frames_in.clone()),
@@ -90,6 +97,7 @@ impl Metrics {
             Box::new(refused.clone()),
             Box::new(errors.clone()),
             Box::new(stores.clone()),
+            Box::new(erased.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -105,6 +113,7 @@ impl Metrics {
             refused,
             errors,
             stores,
+            erased,
         }
     }
 

@@ -68,6 +68,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         web: crate::web::assets(config.web_dir.clone()),
         config,
     });
+    tokio::spawn(crate::erasure::sweep(Arc::clone(&app)));
     tracing::info!(
         addr = %local,
         region = %app.config.region,
@@ -102,7 +103,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/stores", get(api::list_stores).post(api::create_store))
         .route("/api/stores/{id}/revoke", post(api::revoke_store))
         .route("/api/conversations", get(hq::list_conversations))
-        .route("/api/conversations/{id}", get(hq::conversation))
+        .route(
+            "/api/conversations/{id}",
+            get(hq::conversation).delete(crate::erasure::erase_conversation),
+        )
+        .route(
+            "/api/customers/{customer_id}",
+            axum::routing::delete(crate::erasure::erase_customer),
+        )
         .route("/api/search", get(hq::search))
         .route("/api/figures", get(hq::figures))
         .route("/", get(crate::web::dashboard))

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aisle_sync::protocol::codes;
+use aisle_sync::protocol::{MAX_ERASE_DOCS, codes};
 use aisle_sync::{
     Conversation, DocumentKey, Frame, ManifestEntry, PeerSync, ProtocolError, Settings,
     decode_frame, encode_frame, manifest_frames,
@@ -46,6 +46,8 @@ struct Connected {
 #[derive(Default)]
 pub struct Pushes {
     keys: Mutex<HashSet<DocumentKey>>,
+    /// Documents erased at the hub that this store holds: it is told to erase them.
+    erased: Mutex<HashSet<DocumentKey>>,
     notify: Notify,
 }
 
@@ -59,6 +61,20 @@ impl Pushes {
 
     fn take(&self) -> Vec<DocumentKey> {
         self.keys
+            .lock()
+            .map(|mut keys| keys.drain().collect())
+            .unwrap_or_default()
+    }
+
+    fn mark_erased(&self, key: DocumentKey) {
+        if let Ok(mut keys) = self.erased.lock() {
+            keys.insert(key);
+        }
+        self.notify.notify_one();
+    }
+
+    fn take_erased(&self) -> Vec<DocumentKey> {
+        self.erased
             .lock()
             .map(|mut keys| keys.drain().collect())
             .unwrap_or_default()
@@ -111,6 +127,16 @@ impl Registry {
             && let Some(connected) = map.get(store_id)
         {
             connected.pushes.mark(key.clone());
+        }
+    }
+
+    /// Tells `store_id`'s session (if connected) that `key` was erased. A store that is offline
+    /// is told when its next manifest lists the document.
+    pub(crate) fn push_erased(&self, store_id: &str, key: &DocumentKey) {
+        if let Ok(map) = self.connections.lock()
+            && let Some(connected) = map.get(store_id)
+        {
+            connected.pushes.mark_erased(key.clone());
         }
     }
 
@@ -217,6 +243,7 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, _permit: OwnedSemaphore
         persisted: HashSet::new(),
         local_manifest: Vec::new(),
         remote_manifest: Vec::new(),
+        to_erase: Vec::new(),
         socket,
         max_frame,
     };
@@ -325,6 +352,8 @@ struct Session {
     persisted: HashSet<DocumentKey>,
     local_manifest: Vec<ManifestEntry>,
     remote_manifest: Vec<ManifestEntry>,
+    /// Erased documents the store still holds: sent in `erase` frames before the next read.
+    to_erase: Vec<DocumentKey>,
     socket: WebSocket,
     max_frame: usize,
 }
@@ -366,6 +395,7 @@ impl Session {
         let welcome = Frame::Welcome {
             region: app.config.region.clone(),
             hub_id: app.hub_id.clone(),
+            resolved_retention_secs: app.config.retention.resolved_conversation_secs,
         };
         if self.send(&welcome).await.is_err() {
             return "send failed";
@@ -376,6 +406,9 @@ impl Session {
         }
         let idle = Duration::from_millis(app.config.limits.idle_timeout_ms);
         loop {
+            if let Err(reason) = self.send_erasures().await {
+                return reason;
+            }
             if let Err(reason) = self.pump().await {
                 return reason;
             }
@@ -389,6 +422,10 @@ impl Session {
                     }
                 }
                 _ = pushes.notify.notified() => {
+                    for key in pushes.take_erased() {
+                        self.drop_document(&key);
+                        self.to_erase.push(key);
+                    }
                     for key in pushes.take() {
                         if let Err(reason) = self.refresh(&key).await {
                             return reason;
@@ -476,7 +513,22 @@ impl Session {
                 }
                 self.remote_manifest.extend(docs);
                 if !more {
-                    let remote = std::mem::take(&mut self.remote_manifest);
+                    let mut remote = std::mem::take(&mut self.remote_manifest);
+                    // Documents erased here while the store was away: it erases its copy
+                    // instead of syncing it back.
+                    let keys = remote.iter().map(|(key, _)| key.to_string()).collect();
+                    match self.app.store.erased(keys).await {
+                        Ok(erased) if !erased.is_empty() => {
+                            remote.retain(|(key, _)| !erased.contains(&key.to_string()));
+                            self.to_erase
+                                .extend(erased.iter().filter_map(|key| key.parse().ok()));
+                        }
+                        Ok(_) => {}
+                        Err(err) => {
+                            tracing::error!(error = %err, "reading erased documents");
+                            return Next::Close("storage error");
+                        }
+                    }
                     let diff = self.peer.on_manifest(&self.local_manifest, &remote);
                     tracing::debug!(
                         store_id = %self.store_id,
@@ -512,6 +564,7 @@ impl Session {
                 self.peer.on_ack(&doc, &heads);
                 Next::Continue
             }
+            Frame::Erase { docs } => self.on_erase(docs).await,
             Frame::Ping => {
                 if self.send(&Frame::Pong).await.is_err() {
                     return Next::Close("send failed");
@@ -544,6 +597,80 @@ impl Session {
                 Next::Close("unexpected frame")
             }
         }
+    }
+
+    /// Sends `erase` frames for the erased documents the store still holds.
+    async fn send_erasures(&mut self) -> Result<(), &'static str> {
+        while !self.to_erase.is_empty() {
+            let take = self.to_erase.len().min(MAX_ERASE_DOCS);
+            let docs: Vec<DocumentKey> = self.to_erase.drain(..take).collect();
+            self.send(&Frame::Erase { docs })
+                .await
+                .map_err(|_| "send failed")?;
+        }
+        Ok(())
+    }
+
+    /// Forgets everything this session holds about an erased document.
+    fn drop_document(&mut self, key: &DocumentKey) {
+        self.docs.remove(key);
+        self.persisted.remove(key);
+        self.rounds_since_save.remove(key);
+        if !self.peer.is_awaiting(key) {
+            self.peer.forget(key);
+        }
+    }
+
+    /// The store erased documents (a customer's request made at the store, or the region's
+    /// retention period): the hub erases its copies of those the store may sync, tells the
+    /// other stores holding them, and answers with the documents it holds no copy of now.
+    async fn on_erase(&mut self, docs: Vec<DocumentKey>) -> Next {
+        if docs.len() > MAX_ERASE_DOCS {
+            let _ = self
+                .send_error(codes::BAD_FRAME, "an erase frame lists too many documents")
+                .await;
+            return Next::Close("erase too long");
+        }
+        let store = Arc::clone(&self.app.store);
+        let mut allowed = Vec::with_capacity(docs.len());
+        for key in docs {
+            if key.conversation_id().is_none() {
+                continue;
+            }
+            let name = key.to_string();
+            match store.load_document(name.clone()).await {
+                Ok(Some((origin, _)))
+                    if origin != self.store_id
+                        && !self.app.shares.allows(&name, &self.store_id) =>
+                {
+                    tracing::warn!(store_id = %self.store_id, doc = %key, "a store asked to erase another store's conversation");
+                }
+                Ok(_) => allowed.push(key),
+                Err(err) => {
+                    tracing::error!(error = %err, "erase: loading");
+                    return Next::Close("storage error");
+                }
+            }
+        }
+        let keys = allowed.iter().map(ToString::to_string).collect();
+        let requested_by = format!("store:{}", self.store_id);
+        if let Err(err) = crate::erasure::erase(
+            &self.app,
+            keys,
+            crate::erasure::STORE_REQUEST,
+            &requested_by,
+            Some(&self.store_id),
+        )
+        .await
+        {
+            tracing::error!(error = %err, "erasing at a store's request");
+            return Next::Close("storage error");
+        }
+        for key in &allowed {
+            self.drop_document(key);
+        }
+        self.to_erase.extend(allowed);
+        Next::Continue
     }
 
     /// Starts rounds for documents to push while the window has room.
@@ -790,7 +917,22 @@ impl Session {
                     self.persisted.insert(key.clone());
                     Conversation::load(&bytes).map_err(Self::internal)?
                 }
-                Ok(None) => Conversation::empty_for_sync(id),
+                Ok(None) => {
+                    match store.erased(vec![key.to_string()]).await {
+                        Err(err) => return Err(Self::internal(err)),
+                        Ok(erased) if !erased.is_empty() => {
+                            self.peer.on_error(key);
+                            self.to_erase.push(key.clone());
+                            return Err(Self::doc_error(
+                                key,
+                                codes::ERASED,
+                                "the conversation was erased",
+                            ));
+                        }
+                        Ok(_) => {}
+                    }
+                    Conversation::empty_for_sync(id)
+                }
             };
             if !self.peer.has_state(key) {
                 match store

@@ -292,7 +292,7 @@ async fn a_conversation_syncs_and_a_reconnect_after_restart_needs_no_sync() {
 
     let mut link = EdgeLink::connect(&hub).await;
     match link.hello("store-1", "eu-west", &credential).await {
-        Frame::Welcome { region, hub_id } => {
+        Frame::Welcome { region, hub_id, .. } => {
             assert_eq!(region, "eu-west");
             assert_eq!(hub_id.len(), 26);
         }

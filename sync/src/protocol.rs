@@ -68,7 +68,14 @@ pub mod codes {
     pub const SYNC_STALLED: &str = "sync_stalled";
     /// Error: something failed on the sender's side (storage); the session may be retried.
     pub const INTERNAL: &str = "internal";
+    /// Error (per document): the receiver erased this document (a customer's deletion request or
+    /// the region's retention period); it is never synced again. An [`Frame::Erase`] follows so
+    /// the sender erases its copy too.
+    pub const ERASED: &str = "erased";
 }
+
+/// Most documents one [`Frame::Erase`] lists; longer lists are split over several frames.
+pub const MAX_ERASE_DOCS: usize = 1024;
 
 /// Which document a frame is about.
 ///
@@ -262,7 +269,15 @@ pub enum Frame {
     },
     /// Hub → edge: the store is authenticated and belongs to this region. `hub_id` names the
     /// hub's storage: the edge keeps its sync states per `hub_id`.
-    Welcome { region: String, hub_id: String },
+    Welcome {
+        region: String,
+        hub_id: String,
+        /// The region's retention period: resolved conversations are erased this long after they
+        /// were resolved, at the hub and at every store (0: kept until erased by request). The
+        /// store keeps applying the last value it was told while its uplink is down.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        resolved_retention_secs: u64,
+    },
     /// Hub → edge, then the hub closes: see [`codes`] (`unknown_store`, `revoked`,
     /// `wrong_region`, `bad_credential`, `unsupported_version`).
     Refused { code: String, message: String },
@@ -285,6 +300,13 @@ pub enum Frame {
     /// The answer to a `Sync` when the answering side has nothing more to send: "I hold these
     /// heads durably". Usually hub → edge; the edge sends it too when it answers a hub push.
     Ack { doc: DocumentKey, heads: Vec<Head> },
+    /// Both ways: the sender erased these documents and holds only a tombstone of their keys
+    /// (no content). The receiver erases its copy, keeps a tombstone so the document is never
+    /// synced again, and drops it from this session. The hub answers a store's `Erase` with an
+    /// `Erase` of the documents it erased (the store then knows no copy is left at the hub) and
+    /// tells every other store holding a copy; a store does not answer the hub's. At most
+    /// [`MAX_ERASE_DOCS`] keys per frame.
+    Erase { docs: Vec<DocumentKey> },
     /// Liveness probe; answered by `Pong`.
     Ping,
     /// Answer to `Ping`.
@@ -309,11 +331,16 @@ impl Frame {
             Frame::Manifest { .. } => "manifest",
             Frame::Sync { .. } => "sync",
             Frame::Ack { .. } => "ack",
+            Frame::Erase { .. } => "erase",
             Frame::Ping => "ping",
             Frame::Pong => "pong",
             Frame::Error { .. } => "error",
         }
     }
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// The protocol's limits, each named with its unit. Both sides apply their own; the defaults fit

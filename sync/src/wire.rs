@@ -160,6 +160,15 @@ mod tests {
             Frame::Welcome {
                 region: "eu-west".into(),
                 hub_id: "hub-eu-west-1".into(),
+                resolved_retention_secs: 0,
+            },
+            Frame::Welcome {
+                region: "eu-west".into(),
+                hub_id: "hub-eu-west-1".into(),
+                resolved_retention_secs: 31_536_000,
+            },
+            Frame::Erase {
+                docs: vec![conv(1), conv(2)],
             },
             Frame::Refused {
                 code: codes::WRONG_REGION.into(),
@@ -251,6 +260,7 @@ mod tests {
             size(Frame::Welcome {
                 region: "eu-west".into(),
                 hub_id: "hub-eu-west-1".into(),
+                resolved_retention_secs: 0,
             }),
             51
         );

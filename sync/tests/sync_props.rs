@@ -289,6 +289,7 @@ impl World {
                     let welcome = Frame::Welcome {
                         region,
                         hub_id: format!("hub-{me}"),
+                        resolved_retention_secs: 0,
                     };
                     self.send(l, side, &welcome);
                     self.send_manifest(l, side);

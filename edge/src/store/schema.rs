@@ -204,6 +204,20 @@ const MIGRATIONS: &[&str] = &[
         at_ms         INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 6: erasure (a customer's deletion request, the region's retention period).
+    r#"
+    -- What is left of an erased conversation: its id, never its content. `hub_told`: the hub
+    -- confirmed it holds no copy (until then the uplink tells it at every session).
+    CREATE TABLE erased_conversations (
+        id           TEXT PRIMARY KEY,
+        erased_at_ms INTEGER NOT NULL,
+        reason       TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        hub_told     INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE INDEX erased_untold ON erased_conversations(hub_told) WHERE hub_told = 0;
+    CREATE INDEX conversations_resolved ON conversations(resolved_at_ms) WHERE status = 'resolved';
+    "#,
 ];
 
 /// Number of migrations this binary knows.
@@ -253,6 +267,9 @@ pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted rows are overwritten with zeros, so an erased conversation leaves the file, not
+    // just the b-tree (deletes are rare: erasure, sessions, compaction's chunks).
+    conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(None, "busy_timeout", 5000)?;
     conn.pragma_update(None, "cache_size", -16_000)?;
     Ok(())

@@ -36,6 +36,7 @@ use crate::now_ms;
 use crate::routing::{self, Candidate};
 
 mod bot;
+pub mod erase;
 pub mod replica;
 
 /// Who acts: customers act on their own conversations, staff on the store's.
@@ -129,6 +130,8 @@ pub enum Command {
     SyncOut(replica::SyncOutCmd),
     /// A whole conversation document from the hub (a conversation continued here).
     Import(replica::ImportCmd),
+    /// Erase conversations ([`erase`]), in a transaction of their own.
+    Erase(erase::EraseCmd),
     Exec(ExecJob),
     /// Finish what is queued before this, then stop the thread.
     Stop,
@@ -350,9 +353,11 @@ fn run(mut conn: Connection, mut state: State, rx: Receiver<Command>) {
         let mut stop = false;
         let mut chat = Vec::with_capacity(batch.len());
         let mut jobs = Vec::new();
+        let mut erasures = Vec::new();
         for command in batch.drain(..) {
             match command {
                 Command::Exec(job) => jobs.push(job),
+                Command::Erase(cmd) => erasures.push(cmd),
                 Command::Stop => stop = true,
                 other => chat.push(other),
             }
@@ -366,6 +371,9 @@ fn run(mut conn: Connection, mut state: State, rx: Receiver<Command>) {
             }
             // Staff capacity or accounts may have changed: queued chats may now fit.
             run_batch(&mut conn, &mut state, vec![Command::StaffOnline]);
+        }
+        for cmd in erasures {
+            erase::run(&mut conn, &mut state, cmd);
         }
         if last_wake_check.elapsed() >= Duration::from_secs(1) {
             last_wake_check = Instant::now();
@@ -544,7 +552,9 @@ fn apply(
             let result = refusal_or_abort(replica::import(db, state, cmd.bytes, out))?;
             out.reply(reply, result);
         }
-        Command::Exec(_) | Command::Stop => unreachable!("separated before the batch"),
+        Command::Exec(_) | Command::Erase(_) | Command::Stop => {
+            unreachable!("separated before the batch")
+        }
     }
     Ok(())
 }

@@ -373,4 +373,39 @@ pub trait HubStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, StoreResult<(SearchMethod, Vec<SearchHit>)>>;
     /// HQ: the activity figures of a time range.
     fn figures(&self, query: FiguresQuery) -> BoxFuture<'_, StoreResult<Figures>>;
+
+    /// Erases documents: their chunks, sync states, shares, hand-off codes and HQ rows (messages
+    /// and their full-text entries) are deleted, and a tombstone of each key is kept (no
+    /// content) so that no store can sync one back. In one transaction, after which the WAL is
+    /// truncated so the erased text leaves the disk. Keys already erased or never held are
+    /// tombstoned too. Returns, per key that was held, the stores that held a copy.
+    fn erase_documents(&self, erase: Erasure) -> BoxFuture<'_, StoreResult<Vec<ErasedDocument>>>;
+    /// Which of `doc_keys` are erased (tombstoned).
+    fn erased(&self, doc_keys: Vec<String>) -> BoxFuture<'_, StoreResult<Vec<String>>>;
+    /// The conversation documents of one customer (from the HQ projection).
+    fn customer_documents(&self, customer_id: String) -> BoxFuture<'_, StoreResult<Vec<String>>>;
+    /// Conversation documents resolved before `resolved_before_ms`, oldest first, at most `limit`.
+    fn expired_documents(
+        &self,
+        resolved_before_ms: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<String>>>;
+}
+
+/// Documents to erase, and why.
+#[derive(Clone, Debug)]
+pub struct Erasure {
+    pub doc_keys: Vec<String>,
+    /// `customer_request`, `retention`, `store_request`.
+    pub reason: String,
+    /// Who asked: `hq:<account id>`, `store:<id>`, `system`.
+    pub requested_by: String,
+    pub now_ms: u64,
+}
+
+/// A document that was erased and the stores that held a copy (its origin and its shares).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErasedDocument {
+    pub doc_key: String,
+    pub holders: Vec<String>,
 }

@@ -146,12 +146,29 @@ CREATE TABLE handoffs (
 -- JSON of aisle_sync::Attachment (id, mime, bytes), NULL for text only.
 ALTER TABLE messages ADD COLUMN attachment TEXT;
 "#,
+    // 5: erasure (a customer's deletion request, the region's retention period).
+    r#"
+-- What is left of an erased document: its key, never its content. A store that still holds a
+-- copy is told to erase it instead of syncing it back.
+CREATE TABLE erased_documents (
+    doc_key      TEXT PRIMARY KEY,
+    erased_at_ms INTEGER NOT NULL,
+    reason       TEXT NOT NULL,
+    requested_by TEXT NOT NULL
+) WITHOUT ROWID;
+-- Deleting a message removes its terms from the index's segments at once (a plain FTS5 delete
+-- only marks them, and the text stays on disk until segments merge).
+INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1);
+"#,
 ];
 
 pub fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted rows are overwritten with zeros: erased conversations leave the file, not just
+    // the b-tree (deletes are rare; the extra writes cost nothing measurable).
+    conn.pragma_update(None, "secure_delete", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(())
 }

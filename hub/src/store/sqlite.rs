@@ -13,9 +13,10 @@ use tokio::sync::oneshot;
 
 use super::{
     Account, ConversationDetail, ConversationFilter, ConversationSummary, DurationStats,
-    EnrollOutcome, Figures, FiguresQuery, GroupFigures, HourVolume, HubStore, ManifestRow,
-    NewHandoff, NewStore, ParticipantView, Redeemed, SearchHit, SearchMethod, SearchQuery, Sender,
-    StoreError, StoreRecord, StoreResult, StoredDocument, SyncWrite, TranscriptMessage, schema,
+    EnrollOutcome, ErasedDocument, Erasure, Figures, FiguresQuery, GroupFigures, HourVolume,
+    HubStore, ManifestRow, NewHandoff, NewStore, ParticipantView, Redeemed, SearchHit,
+    SearchMethod, SearchQuery, Sender, StoreError, StoreRecord, StoreResult, StoredDocument,
+    SyncWrite, TranscriptMessage, schema,
 };
 use crate::projection::Projection;
 
@@ -239,6 +240,14 @@ fn index_new_messages(tx: &rusqlite::Transaction<'_>, after_seq: i64) -> rusqlit
 
 /// One synced round: the document row and chunk, the sync state, the HQ projection. Returns whether the document is new.
 fn write_synced(tx: &rusqlite::Transaction<'_>, w: &SyncWrite) -> StoreResult<bool> {
+    // A round that raced an erasure of its document is dropped, never written back: the store
+    // that sent it is told to erase its copy (sync.rs).
+    if tx
+        .prepare_cached("SELECT 1 FROM erased_documents WHERE doc_key = ?1")?
+        .exists([&w.doc_key])?
+    {
+        return Ok(false);
+    }
     let created = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO documents (key, origin_store, heads, created_at_ms, \
@@ -750,6 +759,80 @@ impl HubStore for SqliteStore {
     fn figures(&self, query: FiguresQuery) -> BoxFuture<'_, StoreResult<Figures>> {
         self.readers.run(move |c| Ok(figures(c, &query)?))
     }
+
+    fn erase_documents(&self, erase: Erasure) -> BoxFuture<'_, StoreResult<Vec<ErasedDocument>>> {
+        self.writer.run(move |c| {
+            let erased = {
+                let tx = c.transaction()?;
+                let mut erased = Vec::new();
+                for key in &erase.doc_keys {
+                    if let Some(doc) = erase_document(&tx, key)? {
+                        erased.push(doc);
+                    }
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO erased_documents \
+                         (doc_key, erased_at_ms, reason, requested_by) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![
+                        key,
+                        erase.now_ms as i64,
+                        erase.reason,
+                        erase.requested_by
+                    ])?;
+                }
+                tx.commit()?;
+                erased
+            };
+            // The erased rows are zeroed in the database file (`secure_delete`); the WAL still
+            // holds the pages as they were until it is copied back and truncated.
+            if let Err(err) = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                tracing::warn!(error = %err, "truncating the WAL after an erasure");
+            }
+            Ok(erased)
+        })
+    }
+
+    fn erased(&self, doc_keys: Vec<String>) -> BoxFuture<'_, StoreResult<Vec<String>>> {
+        self.readers.run(move |c| {
+            let mut stmt = c.prepare_cached("SELECT 1 FROM erased_documents WHERE doc_key = ?1")?;
+            let mut erased = Vec::new();
+            for key in doc_keys {
+                if stmt.exists([&key])? {
+                    erased.push(key);
+                }
+            }
+            Ok(erased)
+        })
+    }
+
+    fn customer_documents(&self, customer_id: String) -> BoxFuture<'_, StoreResult<Vec<String>>> {
+        self.readers.run(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT 'conversation:' || id FROM conversations WHERE customer_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([customer_id], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn expired_documents(
+        &self,
+        resolved_before_ms: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<String>>> {
+        self.readers.run(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT 'conversation:' || id FROM conversations \
+                 WHERE status = 'resolved' AND resolved_at_ms < ?1 \
+                 ORDER BY resolved_at_ms LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(
+                params![resolved_before_ms.min(i64::MAX as u64) as i64, limit as i64],
+                |r| r.get(0),
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
 }
 
 /// Applies a round's projection inside the sync transaction. Idempotent: the conversation row
@@ -1219,6 +1302,55 @@ fn figures(c: &mut Connection, q: &FiguresQuery) -> rusqlite::Result<Figures> {
         by_store,
         by_intent,
     })
+}
+
+/// Deletes one document and everything derived from it (the caller keeps its tombstone).
+/// `None` if the hub did not hold it.
+fn erase_document(
+    tx: &rusqlite::Transaction<'_>,
+    doc_key: &str,
+) -> StoreResult<Option<ErasedDocument>> {
+    let origin: Option<String> = tx
+        .prepare_cached("SELECT origin_store FROM documents WHERE key = ?1")?
+        .query_row([doc_key], |r| r.get(0))
+        .optional()?;
+    let Some(origin) = origin else {
+        return Ok(None);
+    };
+    let mut holders = vec![origin];
+    {
+        let mut stmt = tx.prepare_cached("SELECT store_id FROM shares WHERE doc_key = ?1")?;
+        for store in stmt.query_map([doc_key], |r| r.get::<_, String>(0))? {
+            let store = store?;
+            if !holders.contains(&store) {
+                holders.push(store);
+            }
+        }
+    }
+    if let Some(id) = doc_key.strip_prefix("conversation:") {
+        // The messages' delete trigger removes their full-text entries (FTS5 `secure-delete`
+        // drops the terms from the index's segments at once, not at the next merge).
+        for sql in [
+            "DELETE FROM messages WHERE conversation = ?1",
+            "DELETE FROM participants WHERE conversation = ?1",
+            "DELETE FROM conversations WHERE id = ?1",
+        ] {
+            tx.prepare_cached(sql)?.execute([id])?;
+        }
+    }
+    for sql in [
+        "DELETE FROM doc_chunks WHERE doc_key = ?1",
+        "DELETE FROM sync_states WHERE doc_key = ?1",
+        "DELETE FROM shares WHERE doc_key = ?1",
+        "DELETE FROM handoffs WHERE doc_key = ?1",
+        "DELETE FROM documents WHERE key = ?1",
+    ] {
+        tx.prepare_cached(sql)?.execute([doc_key])?;
+    }
+    Ok(Some(ErasedDocument {
+        doc_key: doc_key.to_owned(),
+        holders,
+    }))
 }
 
 #[cfg(test)]

@@ -82,6 +82,8 @@ pub struct Imported {
 #[derive(Debug, Default)]
 pub struct Changes {
     set: Mutex<HashSet<ConversationId>>,
+    /// Conversations erased here that the hub has not been told about.
+    erased: Mutex<HashSet<ConversationId>>,
     notify: Notify,
     enabled: std::sync::atomic::AtomicBool,
 }
@@ -101,6 +103,30 @@ impl Changes {
             set.extend(ids.iter().copied());
         }
         self.notify.notify_one();
+    }
+
+    /// Conversations erased here (the uplink tells the hub; the database keeps the list too).
+    pub(super) fn mark_erased(&self, ids: &[ConversationId]) {
+        if ids.is_empty() || !self.enabled.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(mut set) = self.set.lock() {
+            for id in ids {
+                set.remove(id);
+            }
+        }
+        if let Ok(mut set) = self.erased.lock() {
+            set.extend(ids.iter().copied());
+        }
+        self.notify.notify_one();
+    }
+
+    /// Everything erased since the last call.
+    pub fn take_erased(&self) -> Vec<ConversationId> {
+        self.erased
+            .lock()
+            .map(|mut set| set.drain().collect())
+            .unwrap_or_default()
     }
 
     /// Everything changed since the last call.
@@ -216,6 +242,14 @@ pub(super) fn sync_in(
         }
     };
     if hot(db, state, id, out)?.is_none() {
+        if super::erase::is_erased(db, id)? {
+            peer.on_error(key);
+            return Ok(Frame::Error {
+                code: aisle_sync::protocol::codes::ERASED.into(),
+                message: "the conversation was erased at this store".into(),
+                doc: Some(key.clone()),
+            });
+        }
         return receive_new(db, state, session, &mut peer, key, id, message, out);
     }
     let hot = state.docs.get_mut(&id).expect("loaded above");
@@ -494,6 +528,8 @@ pub(super) fn sync_out(
                 load_state(db, &mut peer, &session.hub_id, &key, hot.rowid)?;
                 peer.generate(&key, &mut hot.doc)
             }
+            // Erased here: never asked for again.
+            None if super::erase::is_erased(db, id)? => continue,
             // Only the hub holds it (shared with this store while it was offline): ask for it
             // from an empty replica.
             None => {
@@ -543,6 +579,12 @@ pub(super) fn import(
                 }
             };
             project(db, state, id, delta, out)?;
+        }
+        None if super::erase::is_erased(db, id)? => {
+            return Err(ApiError::new(
+                Code::NotFound,
+                "the conversation was erased at this store",
+            ));
         }
         None => {
             let records = Records::read(&mut doc).map_err(|err| {
