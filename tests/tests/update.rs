@@ -270,6 +270,26 @@ async fn an_admin_installs_a_signed_bundle_and_the_box_reboots_into_it() {
     );
     assert!(!box_.rebooted_mark().exists());
 
+    // Downgrade protection: while the running image was built after this bundle, the
+    // correctly signed bundle is refused and the boot partition left as it was.
+    let running = box_.esp().join("aisle/a/manifest.json");
+    let original = std::fs::read(&running).unwrap();
+    let mut newer: Value = serde_json::from_slice(&original).unwrap();
+    newer["created_at_ms"] = json!(newer["created_at_ms"].as_u64().unwrap() + 86_400_000);
+    std::fs::write(&running, serde_json::to_vec(&newer).unwrap()).unwrap();
+    let before_downgrade = box_.esp_snapshot();
+    let r = post_bundle(
+        &edge,
+        Some(&admin.token),
+        "application/octet-stream",
+        good.clone(),
+    )
+    .await;
+    r.expect_error(422, "bundle_rejected");
+    assert!(r.text.contains("built before"), "{}", r.text);
+    assert!(before_downgrade == box_.esp_snapshot());
+    std::fs::write(&running, original).unwrap();
+
     let r = post_bundle(&edge, Some(&admin.token), "application/octet-stream", good).await;
     assert_eq!(
         r.expect(202),

@@ -71,6 +71,17 @@ pub enum BundleError {
     },
     #[error("the sha256 of {name} does not match the manifest")]
     ChecksumMismatch { name: String },
+    /// Downgrade protection: a correctly signed bundle built before the running image is
+    /// refused (an old image may carry fixed vulnerabilities). `created_at_ms` is signed.
+    #[error(
+        "version {version} was built before the running {running_version} (created_at_ms {created_at_ms} < {running_created_at_ms}); older images are not installed"
+    )]
+    Older {
+        version: String,
+        created_at_ms: u64,
+        running_version: String,
+        running_created_at_ms: u64,
+    },
 }
 
 impl BundleError {
@@ -89,6 +100,7 @@ impl BundleError {
             BundleError::WrongArch { .. } => "arch",
             BundleError::SizeMismatch { .. } => "size",
             BundleError::ChecksumMismatch { .. } => "checksum",
+            BundleError::Older { .. } => "downgrade",
         }
     }
 

@@ -375,6 +375,19 @@ impl Boot {
         if running.name.state != EntryState::Good {
             return Err(SlotError::RunningOnTrial(current));
         }
+        // Downgrade protection: never an image built before the one running (a slot without a
+        // readable manifest, e.g. hand-made, is not compared).
+        if let Some(running_manifest) = self.slot_manifest(current) {
+            let offered = bundle.manifest();
+            if offered.created_at_ms < running_manifest.created_at_ms {
+                return Err(SlotError::Bundle(BundleError::Older {
+                    version: offered.version.clone(),
+                    created_at_ms: offered.created_at_ms,
+                    running_version: running_manifest.version,
+                    running_created_at_ms: running_manifest.created_at_ms,
+                }));
+            }
+        }
         let options = slot_options(&running.options, target);
         let generation = entries.iter().map(|e| e.generation).max().unwrap_or(0) + 1;
 
@@ -625,6 +638,31 @@ mod tests {
         let outcome = boot.install(&bundle, Slot::A, 3).unwrap();
         assert_eq!(outcome.generation, 3);
         assert_eq!(entry_names(&boot), ["aisle-a.conf", "aisle-b+3.conf"]);
+    }
+
+    #[test]
+    fn an_image_built_before_the_running_one_is_refused() {
+        let (_dir, boot) = esp();
+        let f = fixture("2.0");
+        let bundle =
+            open_verified(&f.bundle, std::slice::from_ref(&f.public), Arch::X86_64).unwrap();
+        let mut running = bundle.manifest().clone();
+        running.version = "3.0".into();
+        running.created_at_ms += 86_400_000;
+        std::fs::write(boot.esp().join("aisle/a/manifest.json"), running.to_json()).unwrap();
+        let before = entry_names(&boot);
+        let err = boot.install(&bundle, Slot::A, 3).unwrap_err();
+        assert!(
+            matches!(&err, SlotError::Bundle(BundleError::Older { running_version, .. }) if running_version == "3.0"),
+            "{err}"
+        );
+        assert_eq!(entry_names(&boot), before, "nothing was installed");
+        assert!(!boot.esp().join("aisle/b").exists());
+
+        // The same build as the running one installs again (a re-install).
+        running.created_at_ms = bundle.manifest().created_at_ms;
+        std::fs::write(boot.esp().join("aisle/a/manifest.json"), running.to_json()).unwrap();
+        boot.install(&bundle, Slot::A, 3).unwrap();
     }
 
     #[test]
