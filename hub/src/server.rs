@@ -74,7 +74,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         hub_id = %app.hub_id,
         "aisle-hub listening"
     );
-    axum::serve(listener, router(Arc::clone(&app)))
+    let audit = Arc::clone(&store) as Arc<dyn crate::audit::AuditLog>;
+    axum::serve(listener, router(Arc::clone(&app), audit))
         .with_graceful_shutdown(signals.wait())
         .await
         .map_err(|e| StartError::Other(format!("server: {e}")))?;
@@ -83,7 +84,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-pub fn router(app: Arc<App>) -> Router {
+/// The routes; `audit` is the store's audited writes, for the handlers that record who did what
+/// (`crate::audit`; an axum `Extension`, since `App` holds the storage behind `HubStore`).
+pub fn router(app: Arc<App>, audit: Arc<dyn crate::audit::AuditLog>) -> Router {
     let body_limit = app.config.limits.max_http_body_bytes;
     Router::new()
         .route("/healthz", get(api::healthz))
@@ -105,11 +108,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/conversations/{id}", get(hq::conversation))
         .route("/api/search", get(hq::search))
         .route("/api/figures", get(hq::figures))
+        .route("/api/audit", get(crate::audit::list))
         .route("/", get(crate::web::dashboard))
         .route("/{dir}/{*file}", get(crate::web::asset))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::Extension(audit))
         .with_state(app)
 }
 

@@ -204,6 +204,20 @@ const MIGRATIONS: &[&str] = &[
         at_ms         INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 6: the tamper-evident audit log (crate::audit): append-only, hash-chained, written by the
+    // writer in the transaction of the action each entry records.
+    r#"
+    CREATE TABLE audit_log (
+        seq       INTEGER PRIMARY KEY,
+        at_ms     INTEGER NOT NULL,
+        actor     TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        target    TEXT NOT NULL,
+        details   TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Number of migrations this binary knows.
