@@ -254,6 +254,38 @@ async fn staff_admin_and_bot_actions_are_recorded_with_their_actor() {
     drop(tablet);
 }
 
+/// A staff member writing into a chat nobody holds claims it: two entries, the claim first.
+#[tokio::test]
+async fn a_staff_message_into_a_queued_chat_is_recorded_as_a_claim_and_a_message() {
+    // Capacity 0: routing gives the chat to no one, so it waits in the queue.
+    let (edge, admin, staff) = edge_with_staff(1, 0).await;
+    let s = &staff[0];
+    let mut lin = Customer::connect(&edge, "Lin").await;
+    let conv = lin.start_conversation().await;
+    lin.send_msg(&conv, &cmid(), "is anyone there?").await;
+    let mut tablet = StaffConn::connect(&edge, s, "tablet").await;
+    let ack = tablet.send_msg(&conv, &cmid(), STAFF_TEXT).await;
+
+    let entries = all_entries(edge.http(), &admin.token, 100).await;
+    let claim = one(&entries, "conversation_claim");
+    let sent = one(&entries, "message_sent");
+    let staff_actor = format!("staff:{}", s.id);
+    for entry in [claim, sent] {
+        assert_eq!(
+            (&entry["actor"], &entry["target"]),
+            (&json!(staff_actor), &json!(conv))
+        );
+    }
+    assert_eq!(claim["details"], json!({"by_sending": true}));
+    assert_eq!(sent["details"], json!({"message_id": ack["message_id"]}));
+    assert_eq!(
+        sent["seq"],
+        claim["seq"].as_u64().unwrap() + 1,
+        "{entries:#?}"
+    );
+    drop(tablet);
+}
+
 /// `(seq, details)` of every entry, straight from the file.
 fn rows(db: &Path) -> Vec<(i64, String)> {
     let conn = rusqlite::Connection::open(db).unwrap();
