@@ -82,6 +82,14 @@ impl Record {
 pub trait AuditLog: Send + Sync + 'static {
     /// Appends an entry on its own (an action that writes nothing else: a refused login).
     fn append(&self, record: Record) -> BoxFuture<'_, StoreResult<Entry>>;
+    /// An HQ account and its `hq_account_created` entry (by `by`).
+    fn audited_create_account(
+        &self,
+        username: String,
+        password_hash: String,
+        role: String,
+        by: String,
+    ) -> BoxFuture<'_, StoreResult<String>>;
     /// An HQ session and its `hq_login` entry.
     fn audited_login(
         &self,

@@ -154,7 +154,10 @@ fn load_or_create_hub_id(data: &Path) -> std::io::Result<String> {
 }
 
 /// An empty hub gets one `hq_admin` account; its login is printed once, on stdout.
-async fn create_first_admin(store: &dyn HubStore, config: &Config) -> Result<(), StartError> {
+async fn create_first_admin(
+    store: &dyn crate::audit::AuditLog,
+    config: &Config,
+) -> Result<(), StartError> {
     let (password, generated) = match &config.first_admin_password {
         Some(password) => (password.clone(), false),
         None => (auth::random_password(), true),
@@ -164,8 +167,9 @@ async fn create_first_admin(store: &dyn HubStore, config: &Config) -> Result<(),
         .await
         .map_err(|e| StartError::Other(e.to_string()))?
         .map_err(StartError::Other)?;
+    let by = crate::audit::actor::SYSTEM.to_owned();
     store
-        .create_account("admin".into(), hash, api::ROLE_ADMIN.into())
+        .audited_create_account("admin".into(), hash, api::ROLE_ADMIN.into(), by)
         .await?;
     if generated {
         println!(

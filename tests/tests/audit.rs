@@ -437,6 +437,7 @@ async fn hub_actions_are_recorded_and_verify_names_an_edit() {
     assert_eq!(
         actions,
         [
+            "hq_account_created",
             "hq_login",
             "hq_login_failed",
             "store_created",
@@ -447,6 +448,13 @@ async fn hub_actions_are_recorded_and_verify_names_an_edit() {
         ],
         "{entries:#?}"
     );
+    // The first account is made by the hub itself.
+    assert_eq!(entries[0]["actor"], "system");
+    assert_eq!(
+        entries[0]["details"],
+        json!({"username":"admin","role":"hq_admin"})
+    );
+    let entries = &entries[1..];
     let admin_id = entries[0]["target"].as_str().unwrap().to_string();
     let hq = format!("hq:{admin_id}");
     assert_eq!(entries[0]["actor"], hq.as_str());
@@ -477,20 +485,21 @@ async fn hub_actions_are_recorded_and_verify_names_an_edit() {
     let binary = find_hub_binary().unwrap();
     let (code, report) = verify(&binary, hub.data_dir());
     assert_eq!((code, &report["ok"]), (0, &json!(true)), "{report}");
-    assert_eq!(report["entries"], 7, "{report}");
+    assert_eq!(report["entries"], 8, "{report}");
     assert_eq!(report["head"], entries[6]["hash"], "{report}");
 
     hub.terminate().await;
+    // Entry 4 is store-a's registration.
     tamper(
         &hub.database_path(),
         "UPDATE audit_log SET target = 'store-b' WHERE seq = ?1",
-        3,
+        4,
     );
-    assert_fault(&verify(&binary, hub.data_dir()), 3, "edited");
+    assert_fault(&verify(&binary, hub.data_dir()), 4, "edited");
     tamper(
         &hub.database_path(),
         "UPDATE audit_log SET target = 'store-a' WHERE seq = ?1",
-        3,
+        4,
     );
     assert_eq!(
         verify(&binary, hub.data_dir()).0,
@@ -500,7 +509,7 @@ async fn hub_actions_are_recorded_and_verify_names_an_edit() {
     tamper(
         &hub.database_path(),
         "DELETE FROM audit_log WHERE seq = ?1",
-        7,
+        8,
     );
-    assert_fault(&verify(&binary, hub.data_dir()), 7, "removed");
+    assert_fault(&verify(&binary, hub.data_dir()), 8, "removed");
 }

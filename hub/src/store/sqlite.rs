@@ -374,15 +374,8 @@ impl HubStore for SqliteStore {
         password_hash: String,
         role: String,
     ) -> BoxFuture<'_, StoreResult<String>> {
-        self.writer.run(move |c| {
-            let id = ulid::Ulid::new().to_string();
-            c.execute(
-                "INSERT INTO accounts (id, username, password_hash, role, created_at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, username, password_hash, role, crate::now_ms() as i64],
-            )?;
-            Ok(id)
-        })
+        self.writer
+            .run(move |c| Ok(insert_account(c, &username, &password_hash, &role)?))
     }
 
     fn account_by_username(&self, username: String) -> BoxFuture<'_, StoreResult<Option<Account>>> {
@@ -699,6 +692,21 @@ impl HubStore for SqliteStore {
 // The writes shared by the plain `HubStore` methods and their audited twins (`AuditLog`): each
 // runs inside the caller's transaction.
 
+fn insert_account(
+    c: &Connection,
+    username: &str,
+    password_hash: &str,
+    role: &str,
+) -> rusqlite::Result<String> {
+    let id = ulid::Ulid::new().to_string();
+    c.execute(
+        "INSERT INTO accounts (id, username, password_hash, role, created_at_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, username, password_hash, role, crate::now_ms() as i64],
+    )?;
+    Ok(id)
+}
+
 fn insert_session(
     c: &Connection,
     token_hash: &[u8],
@@ -815,6 +823,24 @@ impl AuditLog for SqliteStore {
             let entry = audit::append(&tx, &record)?;
             tx.commit()?;
             Ok(entry)
+        })
+    }
+
+    fn audited_create_account(
+        &self,
+        username: String,
+        password_hash: String,
+        role: String,
+        by: String,
+    ) -> BoxFuture<'_, StoreResult<String>> {
+        self.writer.run(move |c| {
+            let tx = c.transaction()?;
+            let id = insert_account(&tx, &username, &password_hash, &role)?;
+            let details = serde_json::json!({ "username": username, "role": role });
+            let record = Record::new(by, "hq_account_created", &id, details);
+            audit::append(&tx, &record)?;
+            tx.commit()?;
+            Ok(id)
         })
     }
 
