@@ -20,7 +20,7 @@ use crate::error::{ApiError, Code};
 use crate::frame::StaffView;
 use crate::store::queries::{self, Filter, StaffSession};
 use crate::store::writer::{Action, ActionCmd, Actor, Command};
-use crate::{App, auth, now_ms};
+use crate::{App, audit, auth, now_ms};
 
 type AppState = State<Arc<App>>;
 type ApiResult = Result<Response, ApiError>;
@@ -196,7 +196,8 @@ pub async fn login(State(app): AppState, Body(login): Body<Login>) -> ApiResult 
     let valid = blocking_hash(&app, move || auth::verify_password(&hash, &password)).await?;
     let staff = match staff {
         Some(staff) if valid && !staff.disabled => staff,
-        _ => {
+        found => {
+            audit_failed_login(&app, &login.username, found.as_ref(), valid).await?;
             return Err(ApiError::new(
                 Code::InvalidCredentials,
                 "wrong username or password",
@@ -223,6 +224,14 @@ pub async fn login(State(app): AppState, Body(login): Body<Login>) -> ApiResult 
                     expires_at_ms as i64
                 ],
             )?;
+            let id = staff_id.to_string();
+            audit::append(
+                conn,
+                &audit::actor::staff(&id),
+                "staff_login",
+                &id,
+                json!({}),
+            )?;
             Ok(())
         })
         .await?;
@@ -232,13 +241,57 @@ pub async fn login(State(app): AppState, Body(login): Body<Login>) -> ApiResult 
     )
 }
 
+/// The audit entry of a refused login (the username as typed, at most 64 characters; never
+/// the password). `anonymous` acts; the target is the account tried, when it exists.
+async fn audit_failed_login(
+    app: &App,
+    username: &str,
+    found: Option<&StaffView>,
+    password_valid: bool,
+) -> Result<(), ApiError> {
+    let username: String = username.chars().take(64).collect();
+    let (target, reason) = match found {
+        None => (String::new(), "unknown_user"),
+        Some(staff) if !password_valid => (staff.id.to_string(), "wrong_password"),
+        Some(staff) => (staff.id.to_string(), "disabled"),
+    };
+    app.writer
+        .exec(move |conn| {
+            audit::append(
+                conn,
+                audit::actor::ANONYMOUS,
+                "staff_login_failed",
+                &target,
+                json!({ "username": username, "reason": reason }),
+            )?;
+            Ok(())
+        })
+        .await
+}
+
 pub async fn logout(State(app): AppState, headers: HeaderMap) -> ApiResult {
     let token = bearer(&headers)
         .ok_or_else(|| ApiError::new(Code::Unauthorized, "missing bearer token"))?;
     let hash = auth::token_hash(&token);
     app.writer
         .exec(move |conn| {
+            let staff: Option<String> = conn
+                .query_row(
+                    "SELECT staff_id FROM sessions WHERE token_hash = ?1",
+                    [&hash],
+                    |r| r.get(0),
+                )
+                .optional()?;
             conn.execute("DELETE FROM sessions WHERE token_hash = ?1", [hash])?;
+            if let Some(id) = staff {
+                audit::append(
+                    conn,
+                    &audit::actor::staff(&id),
+                    "staff_logout",
+                    &id,
+                    json!({}),
+                )?;
+            }
             Ok(())
         })
         .await?;
@@ -347,16 +400,19 @@ pub async fn create_staff(
         disabled: false,
     };
     let row = staff.clone();
+    let by = audit::actor::staff(auth.0.staff.id);
     app.writer
-        .exec(move |conn| insert_staff(conn, &row, &hash))
+        .exec(move |conn| insert_staff(conn, &row, &hash, &by))
         .await?;
     Ok((StatusCode::CREATED, Json(json!({ "staff": staff }))).into_response())
 }
 
+/// Inserts a staff account and its `staff_created` audit entry (`by` is the audit actor).
 pub fn insert_staff(
     conn: &rusqlite::Connection,
     staff: &StaffView,
     hash: &str,
+    by: &str,
 ) -> Result<(), ApiError> {
     let taken: Option<i64> = conn
         .query_row(
@@ -380,6 +436,13 @@ pub fn insert_staff(
             staff.capacity,
             now_ms() as i64
         ],
+    )?;
+    audit::append(
+        conn,
+        by,
+        "staff_created",
+        &staff.id.to_string(),
+        json!({ "username": staff.username, "role": staff.role, "capacity": staff.capacity }),
     )?;
     Ok(())
 }
@@ -414,16 +477,18 @@ pub async fn update_staff(
         None => None,
     };
     let disabled = patch.disabled == Some(true);
+    let by = audit::actor::staff(auth.0.staff.id);
     let staff = app
         .writer
         .exec(move |conn| {
             let key = id.to_string();
-            let exists: Option<i64> = conn
-                .query_row("SELECT 1 FROM staff WHERE id = ?1", [&key], |r| r.get(0))
+            let role_before: Option<String> = conn
+                .query_row("SELECT role FROM staff WHERE id = ?1", [&key], |r| r.get(0))
                 .optional()?;
-            if exists.is_none() {
+            let Some(role_before) = role_before else {
                 return Err(ApiError::new(Code::NotFound, "no such staff member"));
-            }
+            };
+            audit_staff_patch(conn, &by, &key, &patch, &role_before)?;
             if let Some(name) = &patch.name {
                 conn.execute(
                     "UPDATE staff SET name = ?2 WHERE id = ?1",
@@ -470,6 +535,41 @@ pub async fn update_staff(
             .disconnect_staff(id, &crate::delivery::Outbound::new(None, 0, text));
     }
     Ok(Json(json!({ "staff": staff })).into_response())
+}
+
+/// The audit entries of an admin's change to a staff account: which fields changed (never the
+/// password itself), the role change and disabling as entries of their own.
+fn audit_staff_patch(
+    conn: &rusqlite::Connection,
+    by: &str,
+    id: &str,
+    patch: &StaffPatch,
+    role_before: &str,
+) -> Result<(), ApiError> {
+    let mut fields = Vec::new();
+    if patch.name.is_some() {
+        fields.push("name");
+    }
+    if patch.password.is_some() {
+        fields.push("password");
+    }
+    if patch.capacity.is_some() {
+        fields.push("capacity");
+    }
+    if !fields.is_empty() {
+        let details = json!({ "fields": fields, "capacity": patch.capacity });
+        audit::append(conn, by, "staff_changed", id, details)?;
+    }
+    if let Some(role) = patch.role.as_deref().filter(|role| *role != role_before) {
+        let details = json!({ "from": role_before, "to": role });
+        audit::append(conn, by, "staff_role_changed", id, details)?;
+    }
+    match patch.disabled {
+        Some(true) => audit::append(conn, by, "staff_disabled", id, json!({}))?,
+        Some(false) => audit::append(conn, by, "staff_enabled", id, json!({}))?,
+        None => return Ok(()),
+    };
+    Ok(())
 }
 
 pub async fn list_canned(State(app): AppState, _auth: StaffAuth) -> ApiResult {
@@ -533,12 +633,15 @@ pub async fn create_canned(
         intent: input.intent,
     };
     let row = reply.clone();
+    let by = audit::actor::staff(auth.0.staff.id);
     app.writer
         .exec(move |conn| {
             conn.execute(
                 "INSERT INTO canned_replies (id, shortcut, title, body, updated_at_ms, intent) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 rusqlite::params![row.id, row.shortcut, row.title, row.body, now_ms() as i64, row.intent],
             )?;
+            let details = json!({ "intent": row.intent });
+            audit::append(conn, &by, "canned_reply_created", &row.id, details)?;
             Ok(())
         })
         .await?;
@@ -562,6 +665,7 @@ pub async fn update_canned(
         intent: input.intent,
     };
     let row = reply.clone();
+    let by = audit::actor::staff(auth.0.staff.id);
     app.writer
         .exec(move |conn| {
             refuse_hq_reply(conn, &row.id)?;
@@ -572,6 +676,8 @@ pub async fn update_canned(
             if changed == 0 {
                 return Err(ApiError::new(Code::NotFound, "no such canned reply"));
             }
+            let details = json!({ "intent": row.intent });
+            audit::append(conn, &by, "canned_reply_updated", &row.id, details)?;
             Ok(())
         })
         .await?;
@@ -602,13 +708,15 @@ pub async fn delete_canned(
     Path(id): Path<String>,
 ) -> ApiResult {
     auth.require_admin()?;
+    let by = audit::actor::staff(auth.0.staff.id);
     app.writer
         .exec(move |conn| {
             refuse_hq_reply(conn, &id)?;
-            let changed = conn.execute("DELETE FROM canned_replies WHERE id = ?1", [id])?;
+            let changed = conn.execute("DELETE FROM canned_replies WHERE id = ?1", [&id])?;
             if changed == 0 {
                 return Err(ApiError::new(Code::NotFound, "no such canned reply"));
             }
+            audit::append(conn, &by, "canned_reply_deleted", &id, json!({}))?;
             Ok(())
         })
         .await?;
@@ -908,7 +1016,16 @@ pub async fn put_bot_policy(
     auth.require_admin()?;
     policy.validate()?;
     let saved = policy.clone();
-    app.writer.exec(move |conn| saved.save(conn)).await?;
+    let by = audit::actor::staff(auth.0.staff.id);
+    app.writer
+        .exec(move |conn| {
+            saved.save(conn)?;
+            let details =
+                json!({ "intents": saved.intents, "min_confidence": saved.min_confidence });
+            audit::append(conn, &by, "bot_policy_changed", "", details)?;
+            Ok(())
+        })
+        .await?;
     tracing::info!(by = %auth.0.staff.username, intents = ?policy.intents,
         min_confidence = policy.min_confidence, "bot policy changed");
     Ok(Json(json!({ "bot_policy": policy })).into_response())

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod attachment;
+pub mod audit;
 pub mod auth;
 pub mod bot;
 pub mod config;

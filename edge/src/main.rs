@@ -26,7 +26,7 @@ struct Cli {
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// Data directory (default ./data).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     data: Option<PathBuf>,
     /// The region's hub to sync with, e.g. http://hub:8090 (config `hub.url`).
     #[arg(long, value_name = "URL")]
@@ -35,7 +35,7 @@ struct Cli {
     #[arg(long, value_name = "TOKEN")]
     enroll: Option<String>,
     /// TOML configuration file.
-    #[arg(long, value_name = "FILE", env = "AISLE_CONFIG")]
+    #[arg(long, value_name = "FILE", env = "AISLE_CONFIG", global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -53,6 +53,18 @@ enum Command {
     /// Firmware updates of the appliance image (A/B boot slots on `update.boot_dir`).
     #[command(subcommand)]
     Update(UpdateCommand),
+    /// The tamper-evident audit log of staff, admin and bot actions.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum AuditCommand {
+    /// Check the whole hash chain and its anchor, reading the database read-only (safe while
+    /// the server runs). Prints `{entries, ok, head, anchor}`, and on a fault
+    /// `first_bad_seq`, `reason` (edited, removed, reordered) and `detail`; exit 1 on a fault,
+    /// 2 if the log cannot be read.
+    Verify,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -93,6 +105,25 @@ fn main() -> std::process::ExitCode {
     }
     if let Some(Command::Update(command)) = cli.command {
         return update(&config, command);
+    }
+    if let Some(Command::Audit(AuditCommand::Verify)) = cli.command {
+        return match aisle_edge::audit::verify_file(&config.database_path()) {
+            Ok(report) => {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("a report serialises")
+                );
+                if report.ok {
+                    std::process::ExitCode::SUCCESS
+                } else {
+                    std::process::ExitCode::FAILURE
+                }
+            }
+            Err(err) => {
+                eprintln!("aisle-edge: {err}");
+                std::process::ExitCode::from(2)
+            }
+        };
     }
     aisle_service::run::serve(
         "aisle-edge",

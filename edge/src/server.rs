@@ -69,6 +69,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             }
         }
     }
+    // A log cut or rewritten while the server was stopped is recorded before anything is
+    // appended after it (crate::audit).
+    crate::audit::check_anchor_at_start(&conn)?;
+    crate::audit::anchor_after_commit(&conn);
+    if let Some((seq, hash)) = crate::audit::head(&conn)? {
+        tracing::info!(seq, hash = %hash, "audit log head");
+    }
     let tokens =
         ResumeTokens::load_or_create(&config.data).map_err(|source| StartError::DataDir {
             path: config.data.clone(),
@@ -224,6 +231,7 @@ pub fn router(app: Arc<App>) -> Router {
             get(api::get_bot_policy).put(api::put_bot_policy),
         )
         .route("/api/bot-answers", get(api::bot_answers))
+        .route("/api/audit", get(crate::audit::list))
         .route(
             "/api/update",
             // The bundle is streamed to a file with its own limit (max_bundle_bytes).
@@ -283,7 +291,11 @@ fn create_first_admin(conn: &rusqlite::Connection, config: &Config) -> Result<()
         capacity: config.routing.capacity_per_staff,
         disabled: false,
     };
-    api::insert_staff(conn, &staff, &hash).map_err(|e| StartError::Other(e.message))?;
+    // The account and its audit entry together.
+    let tx = conn.unchecked_transaction()?;
+    api::insert_staff(&tx, &staff, &hash, crate::audit::actor::SYSTEM)
+        .map_err(|e| StartError::Other(e.message))?;
+    tx.commit()?;
     if generated {
         println!(
             "aisle-edge: created the first staff account: username=admin password={password} \

@@ -3,14 +3,16 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::audit::actor::{ANONYMOUS, hq};
+use crate::audit::{Audit, Record};
 use crate::auth;
 use crate::error::{ApiError, Code};
 use crate::metrics::METRICS;
@@ -92,10 +94,11 @@ pub struct LoginBody {
 
 pub async fn login(
     State(app): State<Arc<App>>,
+    Extension(audit): Audit,
     payload: Result<Json<LoginBody>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let LoginBody { username, password } = body(payload)?;
-    let account = app.store.account_by_username(username).await?;
+    let account = app.store.account_by_username(username.clone()).await?;
     let permit = app
         .password_hashes
         .acquire()
@@ -115,7 +118,13 @@ pub async fn login(
     drop(permit);
     let account = match account {
         Some(account) if ok => account,
-        _ => {
+        found => {
+            // The username as typed (at most 64 characters), never the password.
+            let typed: String = username.chars().take(64).collect();
+            let target = found.map(|a| a.id).unwrap_or_default();
+            let details = json!({ "username": typed });
+            let record = Record::new(ANONYMOUS.into(), "hq_login_failed", &target, details);
+            audit.append(record).await?;
             return Err(ApiError::new(
                 Code::InvalidCredentials,
                 "wrong username or password",
@@ -124,8 +133,8 @@ pub async fn login(
     };
     let (token, hash) = auth::new_secret("hq");
     let expires_at_ms = now_ms() + app.config.session_ttl_secs * 1000;
-    app.store
-        .create_session(hash, account.id.clone(), expires_at_ms)
+    audit
+        .audited_login(hash, account.id.clone(), expires_at_ms)
         .await?;
     Ok(Json(json!({
         "token": token,
@@ -142,10 +151,11 @@ pub struct CreateStoreBody {
 
 pub async fn create_store(
     State(app): State<Arc<App>>,
+    Extension(audit): Audit,
     headers: HeaderMap,
     payload: Result<Json<CreateStoreBody>, JsonRejection>,
 ) -> ApiResult<Response> {
-    authorize(&app, &headers, &[ROLE_ADMIN]).await?;
+    let by = authorize(&app, &headers, &[ROLE_ADMIN]).await?;
     let CreateStoreBody { store_id, name } = body(payload)?;
     if aisle_sync::DocumentKey::settings(store_id.clone()).is_err() {
         return Err(ApiError::new(
@@ -163,16 +173,18 @@ pub async fn create_store(
     let (token, token_hash) = auth::new_secret("et");
     let now = now_ms();
     let expires = now + app.config.enrollment_token_ttl_secs * 1000;
-    let created = app
-        .store
-        .create_store(NewStore {
-            id: store_id.clone(),
-            name: name.clone(),
-            region: app.config.region.clone(),
-            token_hash,
-            token_expires_at_ms: expires,
-            now_ms: now,
-        })
+    let created = audit
+        .audited_create_store(
+            NewStore {
+                id: store_id.clone(),
+                name: name.clone(),
+                region: app.config.region.clone(),
+                token_hash,
+                token_expires_at_ms: expires,
+                now_ms: now,
+            },
+            hq(&by.id),
+        )
         .await?;
     if !created {
         return Err(ApiError::new(
@@ -204,6 +216,7 @@ pub struct EnrollBody {
 
 pub async fn enroll(
     State(app): State<Arc<App>>,
+    Extension(audit): Audit,
     payload: Result<Json<EnrollBody>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let EnrollBody {
@@ -212,9 +225,8 @@ pub async fn enroll(
         edge_version,
     } = body(payload)?;
     let (credential, credential_hash) = auth::new_secret("sc");
-    let outcome = app
-        .store
-        .enroll(
+    let outcome = audit
+        .audited_enroll(
             store_id.clone(),
             auth::secret_hash(&enrollment_token),
             credential_hash,
@@ -248,11 +260,15 @@ pub async fn enroll(
 
 pub async fn revoke_store(
     State(app): State<Arc<App>>,
+    Extension(audit): Audit,
     headers: HeaderMap,
     Path(store_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&app, &headers, &[ROLE_ADMIN]).await?;
-    if !app.store.revoke_store(store_id.clone()).await? {
+    let by = authorize(&app, &headers, &[ROLE_ADMIN]).await?;
+    if !audit
+        .audited_revoke_store(store_id.clone(), hq(&by.id))
+        .await?
+    {
         return Err(ApiError::new(Code::NotFound, "no such store"));
     }
     // A connected store is cut off at once.

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod continuation;

@@ -27,6 +27,8 @@ pub struct Limits {
     pub default_page_conversations: usize,
     /// Largest `limit` of `GET /api/conversations` (a larger one is a `bad_request`).
     pub max_page_conversations: usize,
+    /// Largest `limit` of `GET /api/audit` (a larger one is a `bad_request`).
+    pub max_page_audit_entries: usize,
     /// Results of `GET /api/search` when `limit` is not given.
     pub default_search_results: usize,
     /// Largest `limit` of `GET /api/search`.
@@ -61,6 +63,7 @@ impl Default for Limits {
             reader_threads: 2,
             default_page_conversations: 50,
             max_page_conversations: 200,
+            max_page_audit_entries: 500,
             default_search_results: 20,
             max_search_results: 100,
             max_search_query_chars: 200,
@@ -98,6 +101,7 @@ impl Limits {
                 "default_page_conversations",
                 self.default_page_conversations as u64,
             ),
+            ("max_page_audit_entries", self.max_page_audit_entries as u64),
             ("default_search_results", self.default_search_results as u64),
             ("max_search_query_chars", self.max_search_query_chars as u64),
             (

@@ -18,14 +18,32 @@ struct Cli {
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// Data directory (default ./data/hub).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     data: Option<PathBuf>,
     /// The region this hub serves (default "default"; set it in production).
     #[arg(long, value_name = "NAME")]
     region: Option<String>,
     /// TOML configuration file.
-    #[arg(long, value_name = "FILE", env = "AISLE_HUB_CONFIG")]
+    #[arg(long, value_name = "FILE", env = "AISLE_HUB_CONFIG", global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// The tamper-evident audit log of HQ and store actions.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum AuditCommand {
+    /// Check the whole hash chain and its anchor, reading the database read-only (safe while
+    /// the hub runs). Prints `{entries, ok, head, anchor}`, and on a fault `first_bad_seq`,
+    /// `reason` (edited, removed, reordered) and `detail`; exit 1 on a fault, 2 if the log
+    /// cannot be read.
+    Verify,
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +60,25 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(Command::Audit(AuditCommand::Verify)) = cli.command {
+        return match aisle_hub::audit::verify_file(&config.database_path()) {
+            Ok(report) => {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("a report serialises")
+                );
+                if report.ok {
+                    std::process::ExitCode::SUCCESS
+                } else {
+                    std::process::ExitCode::FAILURE
+                }
+            }
+            Err(err) => {
+                eprintln!("aisle-hub: {err}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     aisle_service::run::serve(
         "aisle-hub",
         &config.log.clone(),

@@ -75,7 +75,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         hub_id = %app.hub_id,
         "aisle-hub listening"
     );
-    axum::serve(listener, router(Arc::clone(&app)))
+    let audit = Arc::clone(&store) as Arc<dyn crate::audit::AuditLog>;
+    axum::serve(listener, router(Arc::clone(&app), audit))
         .with_graceful_shutdown(signals.wait())
         .await
         .map_err(|e| StartError::Other(format!("server: {e}")))?;
@@ -84,7 +85,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-pub fn router(app: Arc<App>) -> Router {
+/// The routes; `audit` is the store's audited writes, for the handlers that record who did what
+/// (`crate::audit`; an axum `Extension`, since `App` holds the storage behind `HubStore`).
+pub fn router(app: Arc<App>, audit: Arc<dyn crate::audit::AuditLog>) -> Router {
     let body_limit = app.config.limits.max_http_body_bytes;
     Router::new()
         .route("/healthz", get(api::healthz))
@@ -113,11 +116,13 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/api/search", get(hq::search))
         .route("/api/figures", get(hq::figures))
+        .route("/api/audit", get(crate::audit::list))
         .route("/", get(crate::web::dashboard))
         .route("/{dir}/{*file}", get(crate::web::asset))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::Extension(audit))
         .with_state(app)
 }
 
@@ -157,7 +162,10 @@ fn load_or_create_hub_id(data: &Path) -> std::io::Result<String> {
 }
 
 /// An empty hub gets one `hq_admin` account; its login is printed once, on stdout.
-async fn create_first_admin(store: &dyn HubStore, config: &Config) -> Result<(), StartError> {
+async fn create_first_admin(
+    store: &dyn crate::audit::AuditLog,
+    config: &Config,
+) -> Result<(), StartError> {
     let (password, generated) = match &config.first_admin_password {
         Some(password) => (password.clone(), false),
         None => (auth::random_password(), true),
@@ -167,8 +175,9 @@ async fn create_first_admin(store: &dyn HubStore, config: &Config) -> Result<(),
         .await
         .map_err(|e| StartError::Other(e.to_string()))?
         .map_err(StartError::Other)?;
+    let by = crate::audit::actor::SYSTEM.to_owned();
     store
-        .create_account("admin".into(), hash, api::ROLE_ADMIN.into())
+        .audited_create_account("admin".into(), hash, api::ROLE_ADMIN.into(), by)
         .await?;
     if generated {
         println!(

@@ -8,14 +8,15 @@
 use std::sync::Arc;
 
 use aisle_sync::{CannedReply, DocumentKey, Settings};
-use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::{ROLE_ADMIN, ROLE_VIEWER, authorize};
+use crate::audit::{Audit, AuditLog, Record, actor};
 use crate::error::{ApiError, Code};
 use crate::{App, now_ms};
 
@@ -44,12 +45,15 @@ async fn load(app: &App, store_id: &str) -> Result<Option<Settings>, ApiError> {
     }
 }
 
-/// Applies `edit` to each store's document (creating it if needed), stores the change and
-/// pushes it to the store if it is connected.
+/// Applies `edit` to each store's document (creating it if needed), stores the change with its
+/// audit entry (`audited` names the action for a store) and pushes it to the store if it is
+/// connected.
 async fn edit_each(
     app: &Arc<App>,
+    audit: &Arc<dyn AuditLog>,
     stores: Vec<String>,
     edit: impl Fn(&mut Settings) -> Result<bool, aisle_sync::SyncError>,
+    audited: impl Fn(&str) -> Record,
 ) -> Result<Vec<String>, ApiError> {
     let _guard = app.settings_lock.0.lock().await;
     let mut changed = Vec::new();
@@ -71,8 +75,16 @@ async fn edit_each(
             doc.save_incremental()
         };
         let heads: Vec<u8> = doc.heads().iter().flat_map(|h| h.0).collect();
-        app.store
-            .save_document(key.to_string(), store_id.clone(), chunk, heads, now_ms())
+        let record = audited(&store_id);
+        audit
+            .audited_save_document(
+                key.to_string(),
+                store_id.clone(),
+                chunk,
+                heads,
+                now_ms(),
+                record,
+            )
             .await?;
         app.registry.push(&store_id, &key);
         changed.push(store_id);
@@ -137,11 +149,12 @@ pub struct PutReply {
 /// `PUT /api/canned-replies/{id}` (hq_admin): adds or replaces a reply at the stores.
 pub async fn put(
     State(app): State<Arc<App>>,
+    Extension(audit): Audit,
     headers: HeaderMap,
     Path(id): Path<String>,
     payload: Result<Json<PutReply>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&app, &headers, &[ROLE_ADMIN]).await?;
+    let by = actor::hq(&authorize(&app, &headers, &[ROLE_ADMIN]).await?.id);
     let request = crate::api::body(payload)?;
     let valid_id = !id.is_empty()
         && id.len() <= MAX_ID_BYTES
@@ -175,10 +188,19 @@ pub async fn put(
         body: request.body,
         updated_at_ms: now_ms(),
     };
-    let written = edit_each(&app, stores, |doc| {
-        doc.put_canned_reply(&reply)?;
-        Ok(true)
-    })
+    let written = edit_each(
+        &app,
+        &audit,
+        stores,
+        |doc| {
+            doc.put_canned_reply(&reply)?;
+            Ok(true)
+        },
+        |store| {
+            let details = json!({ "store_id": store });
+            Record::new(by.clone(), "canned_reply_put", &reply.id, details)
+        },
+    )
     .await?;
     Ok(Json(json!({ "canned_reply": reply, "stores": written })))
 }
@@ -191,11 +213,12 @@ pub struct DeleteQuery {
 /// `DELETE /api/canned-replies/{id}[?store=ID]` (hq_admin): removes a reply from the stores.
 pub async fn delete(
     State(app): State<Arc<App>>,
+    Extension(audit): Audit,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<DeleteQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&app, &headers, &[ROLE_ADMIN]).await?;
+    let by = actor::hq(&authorize(&app, &headers, &[ROLE_ADMIN]).await?.id);
     let stores = targets(&app, query.store.map(|s| vec![s])).await?;
     let mut existing = Vec::new();
     for store in stores {
@@ -203,7 +226,17 @@ pub async fn delete(
             existing.push(store);
         }
     }
-    let removed = edit_each(&app, existing, |doc| doc.remove_canned_reply(&id)).await?;
+    let removed = edit_each(
+        &app,
+        &audit,
+        existing,
+        |doc| doc.remove_canned_reply(&id),
+        |store| {
+            let details = json!({ "store_id": store });
+            Record::new(by.clone(), "canned_reply_deleted", &id, details)
+        },
+    )
+    .await?;
     if removed.is_empty() {
         return Err(ApiError::new(Code::NotFound, "no such canned reply"));
     }

@@ -204,7 +204,21 @@ const MIGRATIONS: &[&str] = &[
         at_ms         INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
-    // 6: erasure (a customer's deletion request, the region's retention period).
+    // 6: the tamper-evident audit log (crate::audit): append-only, hash-chained, written by the
+    // writer in the transaction of the action each entry records.
+    r#"
+    CREATE TABLE audit_log (
+        seq       INTEGER PRIMARY KEY,
+        at_ms     INTEGER NOT NULL,
+        actor     TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        target    TEXT NOT NULL,
+        details   TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    );
+    "#,
+    // 7: erasure (a customer's deletion request, the region's retention period).
     r#"
     -- What is left of an erased conversation: its id, never its content. `hub_told`: the hub
     -- confirmed it holds no copy (until then the uplink tells it at every session).

@@ -27,6 +27,7 @@ use lru::LruCache;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use crate::audit;
 use crate::delivery::{Audience, ConnId, Delivery, Outbound, Targets};
 use crate::error::{ApiError, Code};
 use crate::frame::{Ack, EventView, MessageView, ServerFrame, StaffRef, StateView};
@@ -383,6 +384,10 @@ fn run(mut conn: Connection, mut state: State, rx: Receiver<Command>) {
             break;
         }
     }
+    // The audit head in the logs too (a second copy of the anchor, wherever logs are kept).
+    if let Ok(Some((seq, hash))) = audit::head(&conn) {
+        tracing::info!(seq, hash = %hash, "audit log head");
+    }
     tracing::info!("writer stopped; every accepted command was committed or answered");
 }
 
@@ -396,9 +401,12 @@ fn run_exec(conn: &mut Connection, job: ExecJob) {
     };
     let (commit, finish) = job(&tx);
     if commit {
-        finish(tx.commit().map_err(ApiError::from));
+        let committed = tx.commit().map_err(ApiError::from);
+        crate::audit::anchor_after_commit(conn);
+        finish(committed);
     } else {
         drop(tx);
+        crate::audit::anchor_after_commit(conn);
         finish(Ok(()));
     }
 }
@@ -419,6 +427,7 @@ fn run_batch(conn: &mut Connection, state: &mut State, commands: Vec<Command>) {
         tx.commit()?;
         Ok(changed)
     })();
+    crate::audit::anchor_after_commit(conn);
     METRICS.commit_batch_commands.observe(count as f64);
     METRICS
         .commit_seconds
@@ -933,6 +942,13 @@ fn send(
                     out,
                 )?
                 .map_err(rejection_error)?;
+                audit::append(
+                    db,
+                    &audit::actor::staff(id),
+                    "conversation_claim",
+                    &conversation.to_string(),
+                    serde_json::json!({ "by_sending": true }),
+                )?;
             } else if !holds && !admin {
                 return Err(forbidden_colleague(db, agent)?);
             }
@@ -969,6 +985,16 @@ fn send(
     };
     if let (Actor::Customer(_), Some(intent)) = (actor, customer_intent) {
         bot::answer(db, state, conversation, view.id, &intent, out)?;
+    }
+    if let Actor::Staff { id, .. } = actor {
+        // The message's id only: what staff wrote stays in the conversation, not in the log.
+        audit::append(
+            db,
+            &audit::actor::staff(id),
+            "message_sent",
+            &conversation.to_string(),
+            serde_json::json!({ "message_id": view.id }),
+        )?;
     }
     Ok(ack)
 }
@@ -1231,6 +1257,9 @@ fn action(
         }
         return Err(rejection_error(rejection));
     }
+    if let Some(staff) = staff {
+        audit_action(db, staff, conversation, &action, current.agent)?;
+    }
     match action {
         Action::Reopen => {
             route(db, state, conversation, None, out)?;
@@ -1258,6 +1287,40 @@ fn action(
     }
     let hot = state.docs.get(&conversation).expect("loaded above");
     state_view(db, &hot.fold.state.clone())
+}
+
+/// The audit entry of a staff member's action on a conversation (the transfer note, free text,
+/// is not copied).
+fn audit_action(
+    db: &Connection,
+    staff: StaffId,
+    conversation: ConversationId,
+    action: &Action,
+    held_by: Option<StaffId>,
+) -> Result<(), ApiError> {
+    let (name, details) = match action {
+        Action::Claim => ("conversation_claim", serde_json::json!({})),
+        Action::Transfer { to, .. } => (
+            "conversation_transfer",
+            serde_json::json!({ "from": held_by, "to": to }),
+        ),
+        Action::Release => ("conversation_release", serde_json::json!({})),
+        Action::Resolve => ("conversation_resolve", serde_json::json!({})),
+        Action::Reopen => ("conversation_reopen", serde_json::json!({})),
+        Action::Snooze { until_ms } => (
+            "conversation_snooze",
+            serde_json::json!({ "until_ms": until_ms }),
+        ),
+        Action::Wake => ("conversation_wake", serde_json::json!({})),
+    };
+    audit::append(
+        db,
+        &audit::actor::staff(staff),
+        name,
+        &conversation.to_string(),
+        details,
+    )?;
+    Ok(())
 }
 
 fn read(

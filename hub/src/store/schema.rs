@@ -146,7 +146,21 @@ CREATE TABLE handoffs (
 -- JSON of aisle_sync::Attachment (id, mime, bytes), NULL for text only.
 ALTER TABLE messages ADD COLUMN attachment TEXT;
 "#,
-    // 5: erasure (a customer's deletion request, the region's retention period).
+    // 5: the tamper-evident audit log (crate::audit): append-only, hash-chained, written by the
+    // writer in the transaction of the action each entry records.
+    r#"
+CREATE TABLE audit_log (
+    seq       INTEGER PRIMARY KEY,
+    at_ms     INTEGER NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    target    TEXT NOT NULL,
+    details   TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+"#,
+    // 6: erasure (a customer's deletion request, the region's retention period).
     r#"
 -- What is left of an erased document: its key, never its content. A store that still holds a
 -- copy is told to erase it instead of syncing it back.

@@ -18,6 +18,7 @@ use super::{
     SearchMethod, SearchQuery, Sender, StoreError, StoreRecord, StoreResult, StoredDocument,
     SyncWrite, TranscriptMessage, schema,
 };
+use crate::audit::{self, Anchor, AuditLog, Entry, Record};
 use crate::projection::Projection;
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -111,7 +112,10 @@ impl Writer {
                 let mut deferred = Vec::new();
                 while let Ok(work) = rx.recv() {
                     match work {
-                        Work::Job(job) => job(&mut conn),
+                        Work::Job(job) => {
+                            job(&mut conn);
+                            crate::audit::anchor_after_commit(&conn);
+                        }
                         Work::Synced(write, reply) => {
                             let mut batch = vec![(write, reply)];
                             while batch.len() < MAX_SYNC_BATCH {
@@ -124,9 +128,14 @@ impl Writer {
                             commit_synced(&mut conn, batch);
                             for job in deferred.drain(..) {
                                 job(&mut conn);
+                                crate::audit::anchor_after_commit(&conn);
                             }
                         }
                     }
+                }
+                // The audit head in the logs too (a second copy of the anchor).
+                if let Ok(Some((seq, hash))) = crate::audit::head(&conn) {
+                    tracing::info!(seq, hash = %hash, "audit log head");
                 }
             })?;
         Ok(Writer {
@@ -294,6 +303,13 @@ impl SqliteStore {
         let mut conn = Connection::open(path)?;
         schema::configure(&conn)?;
         schema::migrate(&mut conn)?;
+        // A log cut or rewritten while the hub was stopped is recorded before anything is
+        // appended after it (crate::audit).
+        audit::check_anchor_at_start(&conn)?;
+        audit::anchor_after_commit(&conn);
+        if let Some((seq, hash)) = audit::head(&conn)? {
+            tracing::info!(seq, hash = %hash, "audit log head");
+        }
         // Checkpoints run on their own thread, not inside the writer's commits; and the writer
         // gets a larger page cache (a batch touches many documents' pages; spilling it mid
         // transaction cost ~7 % of the writer's time).
@@ -367,15 +383,8 @@ impl HubStore for SqliteStore {
         password_hash: String,
         role: String,
     ) -> BoxFuture<'_, StoreResult<String>> {
-        self.writer.run(move |c| {
-            let id = ulid::Ulid::new().to_string();
-            c.execute(
-                "INSERT INTO accounts (id, username, password_hash, role, created_at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, username, password_hash, role, crate::now_ms() as i64],
-            )?;
-            Ok(id)
-        })
+        self.writer
+            .run(move |c| Ok(insert_account(c, &username, &password_hash, &role)?))
     }
 
     fn account_by_username(&self, username: String) -> BoxFuture<'_, StoreResult<Option<Account>>> {
@@ -397,14 +406,7 @@ impl HubStore for SqliteStore {
     ) -> BoxFuture<'_, StoreResult<()>> {
         self.writer.run(move |c| {
             let tx = c.transaction()?;
-            tx.execute(
-                "DELETE FROM sessions WHERE expires_at_ms < ?1",
-                [crate::now_ms() as i64],
-            )?;
-            tx.execute(
-                "INSERT INTO sessions (token_hash, account_id, expires_at_ms) VALUES (?1, ?2, ?3)",
-                params![token_hash, account_id, expires_at_ms as i64],
-            )?;
+            insert_session(&tx, &token_hash, &account_id, expires_at_ms)?;
             tx.commit()?;
             Ok(())
         })
@@ -428,21 +430,7 @@ impl HubStore for SqliteStore {
     }
 
     fn create_store(&self, store: NewStore) -> BoxFuture<'_, StoreResult<bool>> {
-        self.writer.run(move |c| {
-            let inserted = c.execute(
-                "INSERT OR IGNORE INTO stores (id, name, region, created_at_ms, token_hash, \
-                 token_expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    store.id,
-                    store.name,
-                    store.region,
-                    store.now_ms as i64,
-                    store.token_hash,
-                    store.token_expires_at_ms as i64
-                ],
-            )?;
-            Ok(inserted == 1)
-        })
+        self.writer.run(move |c| Ok(insert_store(c, &store)?))
     }
 
     fn enroll(
@@ -454,52 +442,14 @@ impl HubStore for SqliteStore {
     ) -> BoxFuture<'_, StoreResult<EnrollOutcome>> {
         self.writer.run(move |c| {
             let tx = c.transaction()?;
-            let row = tx
-                .query_row(
-                    "SELECT token_hash, token_expires_at_ms, token_used, revoked FROM stores \
-                     WHERE id = ?1",
-                    [&store_id],
-                    |r| {
-                        Ok((
-                            r.get::<_, Vec<u8>>(0)?,
-                            r.get::<_, i64>(1)? as u64,
-                            r.get::<_, bool>(2)?,
-                            r.get::<_, bool>(3)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            let Some((stored_hash, expires, used, revoked)) = row else {
-                return Ok(EnrollOutcome::UnknownStore);
-            };
-            let outcome = if revoked {
-                EnrollOutcome::Revoked
-            } else if !crate::auth::hashes_equal(&stored_hash, &token_hash) {
-                EnrollOutcome::BadToken
-            } else if used {
-                EnrollOutcome::TokenUsed
-            } else if expires <= now_ms {
-                EnrollOutcome::TokenExpired
-            } else {
-                tx.execute(
-                    "UPDATE stores SET token_used = 1, credential_hash = ?2, enrolled_at_ms = ?3 \
-                     WHERE id = ?1",
-                    params![store_id, credential_hash, now_ms as i64],
-                )?;
-                EnrollOutcome::Enrolled
-            };
+            let outcome = enroll_in(&tx, &store_id, &token_hash, &credential_hash, now_ms)?;
             tx.commit()?;
             Ok(outcome)
         })
     }
 
     fn revoke_store(&self, store_id: String) -> BoxFuture<'_, StoreResult<bool>> {
-        self.writer.run(move |c| {
-            Ok(c.execute(
-                "UPDATE stores SET revoked = 1, credential_hash = NULL WHERE id = ?1",
-                [store_id],
-            )? == 1)
-        })
+        self.writer.run(move |c| Ok(revoke(c, &store_id)?))
     }
 
     fn store(&self, store_id: String) -> BoxFuture<'_, StoreResult<Option<StoreRecord>>> {
@@ -678,20 +628,7 @@ impl HubStore for SqliteStore {
     ) -> BoxFuture<'_, StoreResult<()>> {
         self.writer.run(move |c| {
             let tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO documents (key, origin_store, heads, created_at_ms, updated_at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?4) \
-                 ON CONFLICT (key) DO UPDATE SET heads = excluded.heads, \
-                 updated_at_ms = excluded.updated_at_ms",
-                params![doc_key, origin_store, heads, now_ms as i64],
-            )?;
-            if !chunk.is_empty() {
-                tx.execute(
-                    "INSERT INTO doc_chunks (doc_key, seq, bytes) VALUES (?1, \
-                     (SELECT coalesce(max(seq), 0) + 1 FROM doc_chunks WHERE doc_key = ?1), ?2)",
-                    params![doc_key, chunk],
-                )?;
-            }
+            store_document(&tx, &doc_key, &origin_store, &chunk, &heads, now_ms)?;
             tx.commit()?;
             Ok(())
         })
@@ -831,6 +768,283 @@ impl HubStore for SqliteStore {
                 |r| r.get(0),
             )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+}
+
+// The writes shared by the plain `HubStore` methods and their audited twins (`AuditLog`): each
+// runs inside the caller's transaction.
+
+fn insert_account(
+    c: &Connection,
+    username: &str,
+    password_hash: &str,
+    role: &str,
+) -> rusqlite::Result<String> {
+    let id = ulid::Ulid::new().to_string();
+    c.execute(
+        "INSERT INTO accounts (id, username, password_hash, role, created_at_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, username, password_hash, role, crate::now_ms() as i64],
+    )?;
+    Ok(id)
+}
+
+fn insert_session(
+    c: &Connection,
+    token_hash: &[u8],
+    account_id: &str,
+    expires_at_ms: u64,
+) -> rusqlite::Result<()> {
+    c.execute(
+        "DELETE FROM sessions WHERE expires_at_ms < ?1",
+        [crate::now_ms() as i64],
+    )?;
+    c.execute(
+        "INSERT INTO sessions (token_hash, account_id, expires_at_ms) VALUES (?1, ?2, ?3)",
+        params![token_hash, account_id, expires_at_ms as i64],
+    )?;
+    Ok(())
+}
+
+fn insert_store(c: &Connection, store: &NewStore) -> rusqlite::Result<bool> {
+    let inserted = c.execute(
+        "INSERT OR IGNORE INTO stores (id, name, region, created_at_ms, token_hash, \
+         token_expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            store.id,
+            store.name,
+            store.region,
+            store.now_ms as i64,
+            store.token_hash,
+            store.token_expires_at_ms as i64
+        ],
+    )?;
+    Ok(inserted == 1)
+}
+
+fn enroll_in(
+    tx: &Connection,
+    store_id: &str,
+    token_hash: &[u8],
+    credential_hash: &[u8],
+    now_ms: u64,
+) -> rusqlite::Result<EnrollOutcome> {
+    let row = tx
+        .query_row(
+            "SELECT token_hash, token_expires_at_ms, token_used, revoked FROM stores \
+             WHERE id = ?1",
+            [store_id],
+            |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, bool>(3)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((stored_hash, expires, used, revoked)) = row else {
+        return Ok(EnrollOutcome::UnknownStore);
+    };
+    Ok(if revoked {
+        EnrollOutcome::Revoked
+    } else if !crate::auth::hashes_equal(&stored_hash, token_hash) {
+        EnrollOutcome::BadToken
+    } else if used {
+        EnrollOutcome::TokenUsed
+    } else if expires <= now_ms {
+        EnrollOutcome::TokenExpired
+    } else {
+        tx.execute(
+            "UPDATE stores SET token_used = 1, credential_hash = ?2, enrolled_at_ms = ?3 \
+             WHERE id = ?1",
+            params![store_id, credential_hash, now_ms as i64],
+        )?;
+        EnrollOutcome::Enrolled
+    })
+}
+
+fn revoke(c: &Connection, store_id: &str) -> rusqlite::Result<bool> {
+    Ok(c.execute(
+        "UPDATE stores SET revoked = 1, credential_hash = NULL WHERE id = ?1",
+        [store_id],
+    )? == 1)
+}
+
+fn store_document(
+    tx: &Connection,
+    doc_key: &str,
+    origin_store: &str,
+    chunk: &[u8],
+    heads: &[u8],
+    now_ms: u64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO documents (key, origin_store, heads, created_at_ms, updated_at_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?4) \
+         ON CONFLICT (key) DO UPDATE SET heads = excluded.heads, \
+         updated_at_ms = excluded.updated_at_ms",
+        params![doc_key, origin_store, heads, now_ms as i64],
+    )?;
+    if !chunk.is_empty() {
+        tx.execute(
+            "INSERT INTO doc_chunks (doc_key, seq, bytes) VALUES (?1, \
+             (SELECT coalesce(max(seq), 0) + 1 FROM doc_chunks WHERE doc_key = ?1), ?2)",
+            params![doc_key, chunk],
+        )?;
+    }
+    Ok(())
+}
+
+/// Each audited write and its entry in one transaction on the writer thread.
+impl AuditLog for SqliteStore {
+    fn append(&self, record: Record) -> BoxFuture<'_, StoreResult<Entry>> {
+        self.writer.run(move |c| {
+            let tx = c.transaction()?;
+            let entry = audit::append(&tx, &record)?;
+            tx.commit()?;
+            Ok(entry)
+        })
+    }
+
+    fn audited_create_account(
+        &self,
+        username: String,
+        password_hash: String,
+        role: String,
+        by: String,
+    ) -> BoxFuture<'_, StoreResult<String>> {
+        self.writer.run(move |c| {
+            let tx = c.transaction()?;
+            let id = insert_account(&tx, &username, &password_hash, &role)?;
+            let details = serde_json::json!({ "username": username, "role": role });
+            let record = Record::new(by, "hq_account_created", &id, details);
+            audit::append(&tx, &record)?;
+            tx.commit()?;
+            Ok(id)
+        })
+    }
+
+    fn audited_login(
+        &self,
+        token_hash: Vec<u8>,
+        account_id: String,
+        expires_at_ms: u64,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        self.writer.run(move |c| {
+            let tx = c.transaction()?;
+            insert_session(&tx, &token_hash, &account_id, expires_at_ms)?;
+            let record = Record::new(
+                audit::actor::hq(&account_id),
+                "hq_login",
+                &account_id,
+                serde_json::json!({}),
+            );
+            audit::append(&tx, &record)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn audited_create_store(
+        &self,
+        store: NewStore,
+        by: String,
+    ) -> BoxFuture<'_, StoreResult<bool>> {
+        self.writer.run(move |c| {
+            let tx = c.transaction()?;
+            let created = insert_store(&tx, &store)?;
+            if created {
+                let details = serde_json::json!({ "name": store.name, "region": store.region });
+                audit::append(&tx, &Record::new(by, "store_created", &store.id, details))?;
+            }
+            tx.commit()?;
+            Ok(created)
+        })
+    }
+
+    fn audited_revoke_store(
+        &self,
+        store_id: String,
+        by: String,
+    ) -> BoxFuture<'_, StoreResult<bool>> {
+        self.writer.run(move |c| {
+            let tx = c.transaction()?;
+            let revoked = revoke(&tx, &store_id)?;
+            if revoked {
+                let record = Record::new(by, "store_revoked", &store_id, serde_json::json!({}));
+                audit::append(&tx, &record)?;
+            }
+            tx.commit()?;
+            Ok(revoked)
+        })
+    }
+
+    fn audited_enroll(
+        &self,
+        store_id: String,
+        token_hash: Vec<u8>,
+        credential_hash: Vec<u8>,
+        now_ms: u64,
+    ) -> BoxFuture<'_, StoreResult<EnrollOutcome>> {
+        self.writer.run(move |c| {
+            let tx = c.transaction()?;
+            let outcome = enroll_in(&tx, &store_id, &token_hash, &credential_hash, now_ms)?;
+            // The id as sent (bounded: it may be anything) names the store that tried.
+            let target: String = store_id.chars().take(128).collect();
+            let record = match audit::refusal_reason(outcome) {
+                None => Record::new(
+                    audit::actor::store(&target),
+                    "store_enrolled",
+                    &target,
+                    serde_json::json!({}),
+                ),
+                Some(reason) => Record::new(
+                    if outcome == EnrollOutcome::UnknownStore {
+                        audit::actor::ANONYMOUS.to_owned()
+                    } else {
+                        audit::actor::store(&target)
+                    },
+                    "store_enrollment_refused",
+                    &target,
+                    serde_json::json!({ "reason": reason }),
+                ),
+            };
+            audit::append(&tx, &record)?;
+            tx.commit()?;
+            Ok(outcome)
+        })
+    }
+
+    fn audited_save_document(
+        &self,
+        doc_key: String,
+        origin_store: String,
+        chunk: Vec<u8>,
+        heads: Vec<u8>,
+        now_ms: u64,
+        record: Record,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        self.writer.run(move |c| {
+            let tx = c.transaction()?;
+            store_document(&tx, &doc_key, &origin_store, &chunk, &heads, now_ms)?;
+            audit::append(&tx, &record)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn page(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<(Vec<Entry>, Option<Anchor>)>> {
+        self.readers.run(move |c| {
+            let entries = audit::page(c, after, limit)?;
+            let head = audit::head(c)?.map(|(seq, hash)| Anchor { seq, hash });
+            Ok((entries, head))
         })
     }
 }

@@ -82,6 +82,18 @@ pub(super) fn answer(
         reply_id,
         now_ms() as i64
     ])?;
+    crate::audit::append(
+        db,
+        crate::audit::actor::BOT,
+        "bot_answer",
+        &conversation.to_string(),
+        serde_json::json!({
+            "intent": intent.label,
+            "message_id": answered.id,
+            "answered_message_id": message,
+            "canned_reply_id": reply_id,
+        }),
+    )?;
     METRICS
         .bot_answers
         .with_label_values(&[&intent.label])
