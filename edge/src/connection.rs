@@ -80,6 +80,8 @@ struct Ctx {
     /// Conversations this customer is known to own (bounded by `OWNED_CACHE_ITEMS`).
     owned: HashSet<ConversationId>,
     limiter: RateLimiter,
+    /// The client's address (throttle.rs): its frames count against the per-IP limit too.
+    ip: std::net::IpAddr,
     last_inbound: Instant,
     /// The customer's name from `hello`, used when `start` gives none.
     display_name: String,
@@ -90,7 +92,12 @@ enum Flow {
     Close,
 }
 
-pub async fn serve(app: Arc<App>, socket: WebSocket, permit: OwnedSemaphorePermit) {
+pub async fn serve(
+    app: Arc<App>,
+    socket: WebSocket,
+    permit: OwnedSemaphorePermit,
+    ip: std::net::IpAddr,
+) {
     let limits = app.config.limits.clone();
     let (outbound_tx, mut outbound) = mpsc::channel::<Outbound>(limits.max_outbound_frames);
     let mut shutdown = app.shutdown.subscribe();
@@ -98,6 +105,7 @@ pub async fn serve(app: Arc<App>, socket: WebSocket, permit: OwnedSemaphorePermi
     let mut pending: Pending = FuturesUnordered::new();
     let mut ctx = Ctx {
         limiter: RateLimiter::new(limits.max_frames_per_sec, limits.max_frames_burst),
+        ip,
         app: Arc::clone(&app),
         session: None,
         conn_id: None,
@@ -336,6 +344,9 @@ async fn handle_text(
                 limits.max_frames_per_sec
             ),
         );
+        return reply_error(sink, &err, &Echo::default(), timeout).await;
+    }
+    if let Err(err) = ctx.app.throttles.frame(ctx.ip) {
         return reply_error(sink, &err, &Echo::default(), timeout).await;
     }
     let frame = match frame::parse(text) {

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub refused: IntCounterVec,
     pub errors: IntCounterVec,
     pub stores: IntGaugeVec,
+    /// Requests refused by a per-client limit (throttle.rs), by limit name.
+    pub limit_exceeded: IntCounterVec,
 }
 
 fn counter_vec(name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -79,6 +81,11 @@ impl Metrics {
             &["status"],
         )
         .expect("metric");
+        let limit_exceeded = counter_vec(
+            "aisle_hub_limit_exceeded_total",
+            "Times a configured limit was reached, by limit name",
+            "limit",
+        );
         for collector in [
             Box::new(connected_stores.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(frames_in.clone()),
@@ -90,6 +97,7 @@ impl Metrics {
             Box::new(refused.clone()),
             Box::new(errors.clone()),
             Box::new(stores.clone()),
+            Box::new(limit_exceeded.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -105,7 +113,12 @@ impl Metrics {
             refused,
             errors,
             stores,
+            limit_exceeded,
         }
+    }
+
+    pub fn limit(&self, name: &'static str) {
+        self.limit_exceeded.with_label_values(&[name]).inc();
     }
 
     pub fn error(&self, code: &str) {

@@ -66,6 +66,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         shares: crate::continuation::Shares::load(store.shares().await?),
         settings_lock: Default::default(),
         web: crate::web::assets(config.web_dir.clone()),
+        throttles: crate::throttle::Throttles::new(&config.limits),
         config,
     });
     tracing::info!(
@@ -74,7 +75,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         hub_id = %app.hub_id,
         "aisle-hub listening"
     );
-    axum::serve(listener, router(Arc::clone(&app)))
+    // The peer address is the client's identity for the per-IP limits (throttle.rs).
+    let service =
+        router(Arc::clone(&app)).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(signals.wait())
         .await
         .map_err(|e| StartError::Other(format!("server: {e}")))?;
