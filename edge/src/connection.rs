@@ -46,6 +46,9 @@ enum Session {
         staff: StaffView,
         admin: bool,
         expires_at_ms: u64,
+        /// The session's token hash: the session is looked up again at each heartbeat, so a
+        /// logout (or a disabled account) ends open connections too, not only new requests.
+        token_hash: Vec<u8>,
     },
 }
 
@@ -226,6 +229,21 @@ pub async fn serve(
                     let _ = reply_error(&mut sink, &err, &Echo::default(), write_timeout).await;
                     close(&mut sink, CLOSE_POLICY, "session expired", write_timeout).await;
                     break;
+                }
+                if let Some(Session::Staff { token_hash, .. }) = &ctx.session {
+                    let hash = token_hash.clone();
+                    let live = app
+                        .reader
+                        .read(move |conn| queries::staff_by_session(conn, &hash, now_ms()))
+                        .await;
+                    if let Err(err) = live
+                        && matches!(err.code, Code::Unauthorized | Code::TokenExpired)
+                    {
+                        // Logged out or disabled since `hello`: the tablet hears nothing more.
+                        let _ = reply_error(&mut sink, &err, &Echo::default(), write_timeout).await;
+                        close(&mut sink, CLOSE_POLICY, "session ended", write_timeout).await;
+                        break;
+                    }
                 }
                 if ctx.last_inbound.elapsed() > Duration::from_secs(limits.idle_timeout_secs) {
                     METRICS.limit("idle_timeout_secs");
@@ -873,7 +891,8 @@ async fn hello(
                 let token = token.ok_or_else(|| {
                     ApiError::new(Code::Unauthorized, "staff hello needs the session token")
                 })?;
-                let hash = auth::token_hash(&token);
+                let token_hash = auth::token_hash(&token);
+                let hash = token_hash.clone();
                 let session = app
                     .reader
                     .read(move |conn| queries::staff_by_session(conn, &hash, now_ms()))
@@ -887,6 +906,7 @@ async fn hello(
                     staff: staff.clone(),
                     admin,
                     expires_at_ms: session.expires_at_ms,
+                    token_hash,
                 });
                 if came_online && let Err(err) = app.writer.submit(Command::StaffOnline) {
                     tracing::warn!(code = err.code.as_str(), "could not offer queued chats");

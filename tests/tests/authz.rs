@@ -210,6 +210,8 @@ async fn edge_world() -> EdgeWorld {
     // expired for good.
     let mut edge = Edge::start_with(
         EdgeOptions::default()
+            // Open staff connections re-check their session at each heartbeat.
+            .env("AISLE_LIMITS__HEARTBEAT_INTERVAL_SECS", 1)
             .env("AISLE_SESSION_TTL_SECS", 1)
             .env("AISLE_RESUME_TOKEN_TTL_SECS", 1),
     )
@@ -472,7 +474,7 @@ async fn edge_http_matrix() {
     );
 }
 
-/// Sends `frame` and returns the first `error` or `expect` answer.
+/// Sends `frame` and returns its answer (the first frame that is not a `pong`).
 async fn answer(ws: &mut Ws, frame: Value) -> Value {
     ws.send(frame).await;
     ws.recv_where("an answer", |f| f["type"] != "pong").await
@@ -624,6 +626,44 @@ async fn edge_websocket_matrix() {
     let mut tablet = StaffConn::connect(&w.edge, &session, "tablet").await;
     let resumed = tablet.resume(c1, 0).await;
     assert_eq!(resumed.messages.len(), 1);
+
+    // A session logged out while its tablet is connected ends on that tablet too: it is told
+    // and closed, and hears nothing of the store's chats afterwards.
+    let admin = w.tokens[&Who::Admin].clone().unwrap();
+    let second = w
+        .edge
+        .http()
+        .create_and_login_staff(
+            &aisle_tests::StaffSession {
+                token: admin,
+                ..session.clone()
+            },
+            "staff4",
+            "Staff Four",
+            4,
+        )
+        .await;
+    let mut left_open = StaffConn::connect(&w.edge, &second, "logged-out tablet").await;
+    left_open.resume(c1, 0).await;
+    w.edge
+        .http()
+        .post("/api/logout", Some(&second.token), &json!({}))
+        .await
+        .expect(204);
+    let told = left_open.recv_error("unauthorized").await;
+    assert_clean_denial(
+        "logged out",
+        0,
+        &told.to_string(),
+        &json!({"error":told}),
+        &[],
+    );
+    left_open.wait_close().await;
+    assert!(left_open.is_closed());
+    // The colleague's tablet with a live session stays.
+    tablet.send(json!({"type":"ping"})).await;
+    tablet.recv_type("pong").await;
+    assert!(!tablet.is_closed());
 }
 
 // ---- the hub -----------------------------------------------------------------------------
