@@ -14,7 +14,7 @@
 //! `max_keys` × (key + a few words) whatever arrives.
 //!
 //! A lock per map, held for one hash lookup: these are on the login path (rare) and the
-//! per-frame path (one short critical section per frame, measured in docs/benchmarks.md).
+//! per-frame path (one short critical section per frame).
 
 use std::hash::Hash;
 use std::num::NonZeroUsize;

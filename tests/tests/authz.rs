@@ -922,6 +922,11 @@ async fn hub_matrix() {
             ),
             HubNeed::HqViewer,
         ),
+        // Without its parameter: still 401 first, and a JSON 400 for HQ (was plain text).
+        (
+            route("GET", "/api/canned-replies", Need::Public, &[400]),
+            HubNeed::HqViewer,
+        ),
         (
             route("PUT", "/api/canned-replies/hours", Need::Public, &[200])
                 .json(json!({"title":"Hours","body":"9 to 9"})),
