@@ -20,6 +20,7 @@ use crate::error::{ApiError, Code};
 use crate::frame::StaffView;
 use crate::store::queries::{self, Filter, StaffSession};
 use crate::store::writer::{Action, ActionCmd, Actor, Command};
+use crate::throttle::ClientIp;
 use crate::{App, audit, auth, now_ms};
 
 type AppState = State<Arc<App>>;
@@ -182,7 +183,16 @@ pub struct Login {
     password: String,
 }
 
-pub async fn login(State(app): AppState, Body(login): Body<Login>) -> ApiResult {
+/// `POST /api/login`. Failed attempts count per client IP and per username (throttle.rs);
+/// past either limit the attempt is answered 429 before its password is looked at.
+pub async fn login(
+    State(app): AppState,
+    ClientIp(ip): ClientIp,
+    Body(login): Body<Login>,
+) -> ApiResult {
+    if let Err(refused) = app.throttles.check_login(ip, &login.username) {
+        return Ok(refused.into_response());
+    }
     let username = login.username.clone();
     let found = app
         .reader
@@ -197,6 +207,7 @@ pub async fn login(State(app): AppState, Body(login): Body<Login>) -> ApiResult 
     let staff = match staff {
         Some(staff) if valid && !staff.disabled => staff,
         found => {
+            app.throttles.login_failed(ip, &login.username);
             audit_failed_login(&app, &login.username, found.as_ref(), valid).await?;
             return Err(ApiError::new(
                 Code::InvalidCredentials,
@@ -919,7 +930,29 @@ pub async fn conversation_action(
     Ok(Json(json!({ "state": state })).into_response())
 }
 
-pub async fn redeem_handoff(State(app): AppState, Path(code): Path<String>) -> ApiResult {
+/// `POST /api/handoff/{code}`. Unknown, used and expired codes count against the client IP
+/// (throttle.rs): past the limit, codes from it are refused unread, so guessing stays slow.
+pub async fn redeem_handoff(
+    State(app): AppState,
+    ClientIp(ip): ClientIp,
+    Path(code): Path<String>,
+) -> ApiResult {
+    if let Err(refused) = app.throttles.check_handoff(ip) {
+        return Ok(refused.into_response());
+    }
+    let result = redeem_code(&app, code).await;
+    if let Err(err) = &result
+        && matches!(
+            err.code,
+            Code::NotFound | Code::HandoffUsed | Code::HandoffExpired
+        )
+    {
+        app.throttles.handoff_failed(ip);
+    }
+    result
+}
+
+async fn redeem_code(app: &Arc<App>, code: String) -> ApiResult {
     let code = auth::normalise_code(&code);
     if code.len() != auth::HANDOFF_CODE_CHARS {
         return Err(ApiError::new(Code::NotFound, "no such hand-off code"));
@@ -957,12 +990,12 @@ pub async fn redeem_handoff(State(app): AppState, Path(code): Path<String>) -> A
         Ok((customer, conversation)) => {
             // The code may have been used at another store of the region meanwhile: the hub
             // knows (when it can be asked).
-            crate::uplink::use_own_code_at_hub(&app, &code).await?;
+            crate::uplink::use_own_code_at_hub(app, &code).await?;
             (customer.parse().map_err(ApiError::internal)?, conversation)
         }
         // Not a code of this store: perhaps of another store of the region (continuation).
         Err(err) if err.code == Code::NotFound && app.config.hub.url.is_some() => {
-            let imported = crate::uplink::continue_from_hub(&app, &code).await?;
+            let imported = crate::uplink::continue_from_hub(app, &code).await?;
             // Used up here too: a second redemption at this store is `handoff_used` without
             // asking the hub (which answers a retry by the same store again, for lost answers).
             let (used, customer, conversation) =

@@ -46,6 +46,9 @@ enum Session {
         staff: StaffView,
         admin: bool,
         expires_at_ms: u64,
+        /// The session's token hash: the session is looked up again at each heartbeat, so a
+        /// logout (or a disabled account) ends open connections too, not only new requests.
+        token_hash: Vec<u8>,
     },
 }
 
@@ -80,6 +83,8 @@ struct Ctx {
     /// Conversations this customer is known to own (bounded by `OWNED_CACHE_ITEMS`).
     owned: HashSet<ConversationId>,
     limiter: RateLimiter,
+    /// The client's address (throttle.rs): its frames count against the per-IP limit too.
+    ip: std::net::IpAddr,
     last_inbound: Instant,
     /// The customer's name from `hello`, used when `start` gives none.
     display_name: String,
@@ -90,7 +95,12 @@ enum Flow {
     Close,
 }
 
-pub async fn serve(app: Arc<App>, socket: WebSocket, permit: OwnedSemaphorePermit) {
+pub async fn serve(
+    app: Arc<App>,
+    socket: WebSocket,
+    permit: OwnedSemaphorePermit,
+    ip: std::net::IpAddr,
+) {
     let limits = app.config.limits.clone();
     let (outbound_tx, mut outbound) = mpsc::channel::<Outbound>(limits.max_outbound_frames);
     let mut shutdown = app.shutdown.subscribe();
@@ -98,6 +108,7 @@ pub async fn serve(app: Arc<App>, socket: WebSocket, permit: OwnedSemaphorePermi
     let mut pending: Pending = FuturesUnordered::new();
     let mut ctx = Ctx {
         limiter: RateLimiter::new(limits.max_frames_per_sec, limits.max_frames_burst),
+        ip,
         app: Arc::clone(&app),
         session: None,
         conn_id: None,
@@ -219,6 +230,21 @@ pub async fn serve(app: Arc<App>, socket: WebSocket, permit: OwnedSemaphorePermi
                     close(&mut sink, CLOSE_POLICY, "session expired", write_timeout).await;
                     break;
                 }
+                if let Some(Session::Staff { token_hash, .. }) = &ctx.session {
+                    let hash = token_hash.clone();
+                    let live = app
+                        .reader
+                        .read(move |conn| queries::staff_by_session(conn, &hash, now_ms()))
+                        .await;
+                    if let Err(err) = live
+                        && matches!(err.code, Code::Unauthorized | Code::TokenExpired)
+                    {
+                        // Logged out or disabled since `hello`: the tablet hears nothing more.
+                        let _ = reply_error(&mut sink, &err, &Echo::default(), write_timeout).await;
+                        close(&mut sink, CLOSE_POLICY, "session ended", write_timeout).await;
+                        break;
+                    }
+                }
                 if ctx.last_inbound.elapsed() > Duration::from_secs(limits.idle_timeout_secs) {
                     METRICS.limit("idle_timeout_secs");
                     close(&mut sink, CLOSE_NORMAL, "idle timeout", write_timeout).await;
@@ -336,6 +362,9 @@ async fn handle_text(
                 limits.max_frames_per_sec
             ),
         );
+        return reply_error(sink, &err, &Echo::default(), timeout).await;
+    }
+    if let Err(err) = ctx.app.throttles.frame(ctx.ip) {
         return reply_error(sink, &err, &Echo::default(), timeout).await;
     }
     let frame = match frame::parse(text) {
@@ -862,7 +891,8 @@ async fn hello(
                 let token = token.ok_or_else(|| {
                     ApiError::new(Code::Unauthorized, "staff hello needs the session token")
                 })?;
-                let hash = auth::token_hash(&token);
+                let token_hash = auth::token_hash(&token);
+                let hash = token_hash.clone();
                 let session = app
                     .reader
                     .read(move |conn| queries::staff_by_session(conn, &hash, now_ms()))
@@ -876,6 +906,7 @@ async fn hello(
                     staff: staff.clone(),
                     admin,
                     expires_at_ms: session.expires_at_ms,
+                    token_hash,
                 });
                 if came_online && let Err(err) = app.writer.submit(Command::StaffOnline) {
                     tracing::warn!(code = err.code.as_str(), "could not offer queued chats");

@@ -30,6 +30,7 @@ pub mod routing;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod throttle;
 pub mod update;
 pub mod uplink;
 pub mod web;
@@ -73,4 +74,6 @@ pub struct App {
     pub model_error: std::sync::Mutex<Option<String>>,
     /// Firmware updates: the running slot, one install at a time.
     pub update: update::Updates,
+    /// Per-client limits: failed logins and codes, frames and new connections per IP.
+    pub throttles: throttle::Throttles,
 }

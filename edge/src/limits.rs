@@ -99,6 +99,33 @@ pub struct Limits {
     /// Time a new hand-off code waits for the hub to register it (so it works at the region's
     /// other stores at once); past this the code is answered anyway and registration goes on.
     pub handoff_register_timeout_ms: u64,
+    /// Steady rate of frames all WebSocket connections of one client IP may send together,
+    /// per second: a phone opening 50 connections does not get 50 `max_frames_per_sec`
+    /// buckets. Generous, because a kiosk or a store's NAT'd Wi-Fi puts many people behind
+    /// one address. Past it, frames get `rate_limited` (docs/protocol.md §9).
+    pub max_frames_per_ip_per_sec: u32,
+    /// Burst of frames one client IP may send above its steady rate.
+    pub max_frames_per_ip_burst: u32,
+    /// Steady rate of new WebSocket connections one client IP may open, per second; past it
+    /// the upgrade is answered 429 `rate_limited` with `Retry-After`.
+    pub max_new_connections_per_ip_per_sec: u32,
+    /// Burst of new connections per client IP (every phone behind a store's NAT reconnecting
+    /// after a restart of the appliance).
+    pub max_new_connections_per_ip_burst: u32,
+    /// The window in which failed logins and failed hand-off codes are counted; a key past
+    /// its limit is refused until the window that began with its first failure ends.
+    pub failure_window_secs: u64,
+    /// Failed `POST /api/login` attempts from one client IP per `failure_window_secs`; past
+    /// it every login from that IP is answered 429 `rate_limited` without checking it.
+    pub max_login_failures_per_ip_per_window: u32,
+    /// Failed `POST /api/login` attempts for one username (from any IP) per window.
+    pub max_login_failures_per_username_per_window: u32,
+    /// Unknown, used or expired hand-off codes tried from one client IP per window
+    /// (`POST /api/handoff/{code}`).
+    pub max_handoff_failures_per_ip_per_window: u32,
+    /// Keys (client IPs, usernames) each throttle remembers; the least recently seen is
+    /// forgotten first, so a flood of new addresses or names cannot grow memory.
+    pub max_throttle_keys: usize,
 }
 
 impl Default for Limits {
@@ -143,6 +170,15 @@ impl Default for Limits {
             sync_retry_max_ms: 30_000,
             sync_refused_retry_ms: 300_000,
             handoff_register_timeout_ms: 2_000,
+            max_frames_per_ip_per_sec: 500,
+            max_frames_per_ip_burst: 1_000,
+            max_new_connections_per_ip_per_sec: 20,
+            max_new_connections_per_ip_burst: 300,
+            failure_window_secs: 60,
+            max_login_failures_per_ip_per_window: 30,
+            max_login_failures_per_username_per_window: 10,
+            max_handoff_failures_per_ip_per_window: 30,
+            max_throttle_keys: 10_000,
         }
     }
 }
@@ -175,6 +211,7 @@ impl Limits {
             ),
             ("max_sync_docs_in_flight", self.max_sync_docs_in_flight),
             ("max_sync_pending_frames", self.max_sync_pending_frames),
+            ("max_throttle_keys", self.max_throttle_keys),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -189,6 +226,37 @@ impl Limits {
         }
         if self.max_frames_per_sec == 0 || self.max_frames_burst == 0 {
             return Err("limits.max_frames_per_sec and max_frames_burst must be > 0".into());
+        }
+        for (name, value) in [
+            ("max_frames_per_ip_per_sec", self.max_frames_per_ip_per_sec),
+            ("max_frames_per_ip_burst", self.max_frames_per_ip_burst),
+            (
+                "max_new_connections_per_ip_per_sec",
+                self.max_new_connections_per_ip_per_sec,
+            ),
+            (
+                "max_new_connections_per_ip_burst",
+                self.max_new_connections_per_ip_burst,
+            ),
+            (
+                "max_login_failures_per_ip_per_window",
+                self.max_login_failures_per_ip_per_window,
+            ),
+            (
+                "max_login_failures_per_username_per_window",
+                self.max_login_failures_per_username_per_window,
+            ),
+            (
+                "max_handoff_failures_per_ip_per_window",
+                self.max_handoff_failures_per_ip_per_window,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!("limits.{name} must be greater than 0"));
+            }
+        }
+        if self.failure_window_secs == 0 {
+            return Err("limits.failure_window_secs must be greater than 0".into());
         }
         // A frame must be able to carry a full-length message (4 bytes per char in UTF-8, plus
         // JSON around it), or the body limit would be unreachable.

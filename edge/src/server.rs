@@ -22,6 +22,7 @@ use crate::metrics::METRICS;
 use crate::shutdown::Shutdown;
 use crate::store::writer::replica::Changes;
 use crate::store::{self, queries, reader::Reader, writer::Writer};
+use crate::throttle::ClientIp;
 use crate::{App, connection};
 
 /// Reader threads: enough for history pages and lists beside the writer on a small box.
@@ -107,6 +108,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     })?;
     let (shutdown, completion) = Shutdown::new();
     let config_web_dir = config.web_dir.clone();
+    let throttles = crate::throttle::Throttles::new(&config.limits);
     let classifier = crate::intent::start(&config)
         .map_err(|e| StartError::Other(format!("loading the intent model: {e}")))?;
     let app = Arc::new(App {
@@ -125,6 +127,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         classifier,
         model_error: Default::default(),
         update: updates,
+        throttles,
     });
     let _model_watcher = crate::intent::watch(&app);
     let router = router(Arc::clone(&app));
@@ -147,7 +150,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tokio::spawn(crate::erasure::sweep(Arc::clone(&app)));
     tokio::spawn(crate::update::pull_from_hub(Arc::clone(&app)));
     let signal_app = Arc::clone(&app);
-    axum::serve(listener, router)
+    // The peer address is the client's identity for the per-IP limits (throttle.rs).
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move {
             signal.wait().await;
             tracing::info!("shutting down: telling clients, finishing commits");
@@ -249,9 +254,16 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-async fn upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(app): State<Arc<App>>,
+    ClientIp(ip): ClientIp,
+    ws: WebSocketUpgrade,
+) -> Response {
     if app.shutdown.is_triggered() {
         return ApiError::new(Code::ShuttingDown, "the appliance is stopping").into_response();
+    }
+    if let Err(refused) = app.throttles.new_connection(ip) {
+        return refused.into_response();
     }
     let Ok(permit) = Arc::clone(&app.connections).try_acquire_owned() else {
         METRICS.limit("max_connections");
@@ -273,7 +285,7 @@ async fn upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response 
         .write_buffer_size(limits.ws_write_buffer_bytes)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| connection::serve(app, socket, permit))
+        .on_upgrade(move |socket| connection::serve(app, socket, permit, ip))
 }
 
 /// An empty store gets one admin account; its login is printed once, on stdout.

@@ -12,11 +12,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::audit::actor::{ANONYMOUS, hq};
-use crate::audit::{Audit, Record};
+use crate::audit::{Audit, AuditLog, Record};
 use crate::auth;
 use crate::error::{ApiError, Code};
 use crate::metrics::METRICS;
 use crate::store::{Account, EnrollOutcome, NewStore};
+use crate::throttle::ClientIp;
 use crate::{App, now_ms};
 
 pub const ROLE_ADMIN: &str = "hq_admin";
@@ -92,12 +93,18 @@ pub struct LoginBody {
     password: String,
 }
 
+/// `POST /api/login`. Failed attempts count per client IP and per username (throttle.rs);
+/// past either limit the attempt is answered 429 before its password is looked at.
 pub async fn login(
     State(app): State<Arc<App>>,
     Extension(audit): Audit,
+    ClientIp(ip): ClientIp,
     payload: Result<Json<LoginBody>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let LoginBody { username, password } = body(payload)?;
+    if let Err(refused) = app.throttles.login.check(ip, &username) {
+        return Ok(refused.into_response());
+    }
     let account = app.store.account_by_username(username.clone()).await?;
     let permit = app
         .password_hashes
@@ -119,6 +126,7 @@ pub async fn login(
     let account = match account {
         Some(account) if ok => account,
         found => {
+            app.throttles.login.fail(ip, &username);
             // The username as typed (at most 64 characters), never the password.
             let typed: String = username.chars().take(64).collect();
             let target = found.map(|a| a.id).unwrap_or_default();
@@ -140,7 +148,8 @@ pub async fn login(
         "token": token,
         "expires_at_ms": expires_at_ms,
         "account": { "id": account.id, "username": account.username, "role": account.role },
-    })))
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -214,21 +223,43 @@ pub struct EnrollBody {
     edge_version: Option<String>,
 }
 
+/// `POST /api/enroll`. Failed attempts count per client IP and per store id (throttle.rs).
 pub async fn enroll(
     State(app): State<Arc<App>>,
     Extension(audit): Audit,
+    ClientIp(ip): ClientIp,
     payload: Result<Json<EnrollBody>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let EnrollBody {
         store_id,
         enrollment_token,
         edge_version,
     } = body(payload)?;
+    if let Err(refused) = app.throttles.enroll.check(ip, &store_id) {
+        return Ok(refused.into_response());
+    }
+    let result = enroll_store(&app, &audit, &store_id, &enrollment_token, edge_version).await;
+    if let Err(err) = &result
+        && err.code != Code::Internal
+    {
+        app.throttles.enroll.fail(ip, &store_id);
+    }
+    result.map(IntoResponse::into_response)
+}
+
+async fn enroll_store(
+    app: &App,
+    audit: &Arc<dyn AuditLog>,
+    store_id: &str,
+    enrollment_token: &str,
+    edge_version: Option<String>,
+) -> ApiResult<Json<Value>> {
+    let store_id = store_id.to_owned();
     let (credential, credential_hash) = auth::new_secret("sc");
     let outcome = audit
         .audited_enroll(
             store_id.clone(),
-            auth::secret_hash(&enrollment_token),
+            auth::secret_hash(enrollment_token),
             credential_hash,
             now_ms(),
         )

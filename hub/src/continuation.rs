@@ -18,6 +18,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -25,6 +26,7 @@ use serde_json::{Value, json};
 use crate::api::body;
 use crate::error::{ApiError, Code};
 use crate::store::{NewHandoff, Redeemed};
+use crate::throttle::ClientIp;
 use crate::{App, auth, now_ms};
 
 /// Which stores besides its origin sync each document (only documents that were continued
@@ -146,13 +148,37 @@ pub struct Redeem {
 /// `POST /api/continuations`: a store redeems a code issued by another store and receives the
 /// whole conversation document. The issuing store redeeming its own code (a device switch in
 /// the store) uses it up here too, so a code is single use across the region.
+///
+/// Unknown, used and expired codes count per client IP and per store (throttle.rs): past the
+/// limit the store's redemptions are answered 429 unread.
 pub async fn redeem(
     State(app): State<Arc<App>>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     payload: Result<Json<Redeem>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let store_id = authorize_store(&app, &headers).await?;
     let request = body(payload)?;
+    if let Err(refused) = app.throttles.redeem.check(ip, &store_id) {
+        return Ok(refused.into_response());
+    }
+    let result = redeem_code(&app, store_id.clone(), request).await;
+    if let Err(err) = &result
+        && matches!(
+            err.code,
+            Code::NotFound | Code::HandoffUsed | Code::HandoffExpired
+        )
+    {
+        app.throttles.redeem.fail(ip, &store_id);
+    }
+    result.map(IntoResponse::into_response)
+}
+
+async fn redeem_code(
+    app: &App,
+    store_id: String,
+    request: Redeem,
+) -> Result<Json<Value>, ApiError> {
     let outcome = app
         .store
         .redeem_handoff(code_hash(&request.code), store_id.clone(), now_ms())

@@ -25,6 +25,7 @@ pub enum Code {
     HandoffUsed,
     HandoffExpired,
     NotSynced,
+    RateLimited,
     Internal,
 }
 
@@ -48,6 +49,7 @@ impl Code {
             Code::HandoffUsed => "handoff_used",
             Code::HandoffExpired => "handoff_expired",
             Code::NotSynced => "not_synced",
+            Code::RateLimited => "rate_limited",
             Code::Internal => "internal",
         }
     }
@@ -67,6 +69,7 @@ impl Code {
             Code::NotSynced => StatusCode::SERVICE_UNAVAILABLE,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -26,6 +26,7 @@ pub mod server;
 pub mod settings;
 pub mod store;
 pub mod sync;
+pub mod throttle;
 pub mod updates;
 pub mod web;
 
@@ -58,4 +59,6 @@ pub struct App {
     pub password_hashes: Semaphore,
     /// The HQ dashboard's files (embedded, or `web_dir`).
     pub web: aisle_service::web::WebAssets,
+    /// Failed logins, enrollments and continuation codes per client IP and per name.
+    pub throttles: throttle::Throttles,
 }

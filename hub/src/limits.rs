@@ -46,6 +46,29 @@ pub struct Limits {
     /// Documents one sync session keeps in memory; past this, documents with no open round are
     /// dropped from memory (they are on disk and reload when needed).
     pub max_session_documents: usize,
+    /// The window in which failed logins, enrollments and continuation codes are counted; a
+    /// key past its limit is refused until the window that began with its first failure ends.
+    pub failure_window_secs: u64,
+    /// Failed `POST /api/login` attempts from one client IP per `failure_window_secs`; past
+    /// it logins from that IP are answered 429 `rate_limited` without being checked. The hub
+    /// sees the TCP peer: behind a TLS proxy that is the proxy, hence a generous default.
+    pub max_login_failures_per_ip_per_window: u32,
+    /// Failed `POST /api/login` attempts for one username (from any IP) per window.
+    pub max_login_failures_per_username_per_window: u32,
+    /// Failed `POST /api/enroll` attempts (unknown store, wrong/used/expired token) from one
+    /// client IP per window.
+    pub max_enroll_failures_per_ip_per_window: u32,
+    /// Failed `POST /api/enroll` attempts for one store id per window.
+    pub max_enroll_failures_per_store_per_window: u32,
+    /// Unknown, used or expired continuation codes one store may try per window
+    /// (`POST /api/continuations`); every customer of the store comes through it, so this is
+    /// higher than a person's limit at the store (which the store enforces itself).
+    pub max_redeem_failures_per_store_per_window: u32,
+    /// Unknown, used or expired continuation codes from one client IP per window.
+    pub max_redeem_failures_per_ip_per_window: u32,
+    /// Keys (client IPs, usernames, store ids) each throttle remembers; the least recently
+    /// seen is forgotten first, so memory stays bounded whatever arrives.
+    pub max_throttle_keys: usize,
 }
 
 impl Default for Limits {
@@ -71,6 +94,14 @@ impl Default for Limits {
             max_erase_batch_documents: 256,
             max_figures_range_hours: 31 * 24,
             max_session_documents: 256,
+            failure_window_secs: 60,
+            max_login_failures_per_ip_per_window: 100,
+            max_login_failures_per_username_per_window: 10,
+            max_enroll_failures_per_ip_per_window: 20,
+            max_enroll_failures_per_store_per_window: 10,
+            max_redeem_failures_per_store_per_window: 300,
+            max_redeem_failures_per_ip_per_window: 600,
+            max_throttle_keys: 10_000,
         }
     }
 }
@@ -114,6 +145,32 @@ impl Limits {
                 "max_erase_batch_documents",
                 self.max_erase_batch_documents as u64,
             ),
+            ("failure_window_secs", self.failure_window_secs),
+            (
+                "max_login_failures_per_ip_per_window",
+                u64::from(self.max_login_failures_per_ip_per_window),
+            ),
+            (
+                "max_login_failures_per_username_per_window",
+                u64::from(self.max_login_failures_per_username_per_window),
+            ),
+            (
+                "max_enroll_failures_per_ip_per_window",
+                u64::from(self.max_enroll_failures_per_ip_per_window),
+            ),
+            (
+                "max_enroll_failures_per_store_per_window",
+                u64::from(self.max_enroll_failures_per_store_per_window),
+            ),
+            (
+                "max_redeem_failures_per_store_per_window",
+                u64::from(self.max_redeem_failures_per_store_per_window),
+            ),
+            (
+                "max_redeem_failures_per_ip_per_window",
+                u64::from(self.max_redeem_failures_per_ip_per_window),
+            ),
+            ("max_throttle_keys", self.max_throttle_keys as u64),
         ] {
             if value == 0 {
                 return Err(format!("limits.{name} must be positive"));

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub stores: IntGaugeVec,
     /// Documents erased, by reason (`customer_request`, `retention`, `store_request`).
     pub erased: IntCounterVec,
+    /// Requests refused by a per-client limit (throttle.rs), by limit name.
+    pub limit_exceeded: IntCounterVec,
 }
 
 fn counter_vec(name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -86,6 +88,11 @@ impl Metrics {
             "Documents erased (content deleted, tombstone kept), by reason",
             "reason",
         );
+        let limit_exceeded = counter_vec(
+            "aisle_hub_limit_exceeded_total",
+            "Times a configured limit was reached, by limit name",
+            "limit",
+        );
         for collector in [
             Box::new(connected_stores.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(frames_in.clone()),
@@ -98,6 +105,7 @@ impl Metrics {
             Box::new(errors.clone()),
             Box::new(stores.clone()),
             Box::new(erased.clone()),
+            Box::new(limit_exceeded.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -114,7 +122,12 @@ impl Metrics {
             errors,
             stores,
             erased,
+            limit_exceeded,
         }
+    }
+
+    pub fn limit(&self, name: &'static str) {
+        self.limit_exceeded.with_label_values(&[name]).inc();
     }
 
     pub fn error(&self, code: &str) {

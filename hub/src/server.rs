@@ -66,6 +66,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         shares: crate::continuation::Shares::load(store.shares().await?),
         settings_lock: Default::default(),
         web: crate::web::assets(config.web_dir.clone()),
+        throttles: crate::throttle::Throttles::new(&config.limits),
         config,
     });
     tokio::spawn(crate::erasure::sweep(Arc::clone(&app)));
@@ -76,7 +77,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         "aisle-hub listening"
     );
     let audit = Arc::clone(&store) as Arc<dyn crate::audit::AuditLog>;
-    axum::serve(listener, router(Arc::clone(&app), audit))
+    // The peer address is the client's identity for the per-IP limits (throttle.rs).
+    let service = router(Arc::clone(&app), audit)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(signals.wait())
         .await
         .map_err(|e| StartError::Other(format!("server: {e}")))?;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use aisle_sync::{CannedReply, DocumentKey, Settings};
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
@@ -124,9 +124,11 @@ pub struct ListQuery {
 pub async fn list(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // Who asks first: a caller without a session gets 401, never a hint about the query.
     authorize(&app, &headers, &[ROLE_ADMIN, ROLE_VIEWER]).await?;
+    let Query(query) = query.map_err(|err| ApiError::new(Code::BadRequest, err.body_text()))?;
     let replies = match load(&app, &query.store).await? {
         Some(doc) => doc.canned_replies().map_err(ApiError::internal)?,
         None => Vec::new(),

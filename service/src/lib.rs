@@ -8,6 +8,7 @@ pub mod config;
 pub mod run;
 pub mod secret;
 pub mod signals;
+pub mod throttle;
 pub mod web;
 
 /// Milliseconds since the Unix epoch.

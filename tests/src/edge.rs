@@ -74,8 +74,9 @@ pub struct EdgeOptions {
     pub args: Vec<String>,
     /// Password of the first admin (`AISLE_FIRST_ADMIN_PASSWORD`).
     pub admin_password: String,
-    /// Raise the per-connection frame rate limit so that tests which send quickly are not
-    /// answered with `rate_limited` (tests of other behaviour must not depend on the default).
+    /// Raise the per-connection and per-IP frame and connection rate limits so that tests
+    /// which send quickly are not answered with `rate_limited` (tests of other behaviour must
+    /// not depend on the defaults).
     pub raise_rate_limits: bool,
     /// Interval between readiness probes (`GET /healthz`) while the server starts.
     pub ready_poll: Duration,
@@ -231,7 +232,16 @@ impl Edge {
             .stderr(err);
         if self.opts.raise_rate_limits {
             cmd.env("AISLE_LIMITS__MAX_FRAMES_PER_SEC", "1000000")
-                .env("AISLE_LIMITS__MAX_FRAMES_BURST", "1000000");
+                .env("AISLE_LIMITS__MAX_FRAMES_BURST", "1000000")
+                // The load generator and many tests open hundreds of connections from one
+                // loopback address; the per-IP limits have their own tests (rate_limits.rs).
+                .env("AISLE_LIMITS__MAX_FRAMES_PER_IP_PER_SEC", "1000000")
+                .env("AISLE_LIMITS__MAX_FRAMES_PER_IP_BURST", "1000000")
+                .env(
+                    "AISLE_LIMITS__MAX_NEW_CONNECTIONS_PER_IP_PER_SEC",
+                    "1000000",
+                )
+                .env("AISLE_LIMITS__MAX_NEW_CONNECTIONS_PER_IP_BURST", "1000000");
         }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
