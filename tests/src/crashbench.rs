@@ -45,8 +45,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::edge::{ADMIN_PASSWORD, ADMIN_USER, Edge, EdgeOptions};
-use crate::http::Http;
+use crate::edge::{ADMIN_PASSWORD, ADMIN_USER, Edge, EdgeOptions, http_get_raw};
+use crate::http::{Http, metric_value};
 use crate::hub::Hub;
 
 /// Guards one wait (a frame, a start, a convergence step) against hangs; never a speed claim.
@@ -91,6 +91,9 @@ pub struct CrashBenchOptions {
     /// clients connected (edge) or the store reconnected to the hub (hub).
     pub min_delay_ms: u64,
     pub max_delay_ms: u64,
+    /// Length of each message body in characters: long bodies grow the documents past their
+    /// compaction threshold within a run, so crashes also hit compactions (a chunk rewrite).
+    pub body_chars: usize,
 }
 
 impl Default for CrashBenchOptions {
@@ -104,6 +107,7 @@ impl Default for CrashBenchOptions {
             window: 4,
             min_delay_ms: 0,
             max_delay_ms: 1000,
+            body_chars: 2000,
         }
     }
 }
@@ -132,6 +136,9 @@ pub struct CrashBenchResult {
     pub refused: u64,
     pub documents_checked: u64,
     pub unloadable_documents: u64,
+    /// Edge target: document compactions the edge reported (its metrics read just before each
+    /// kill, so a lower bound).
+    pub document_compactions: u64,
     /// Restart times: exec to first healthy answer, median and max.
     pub restart_p50_ms: f64,
     pub restart_max_ms: f64,
@@ -159,6 +166,7 @@ impl CrashBenchResult {
             "refused": self.refused,
             "documents_checked": self.documents_checked,
             "unloadable_documents": self.unloadable_documents,
+            "document_compactions": self.document_compactions,
             "restart_p50_ms": round2(self.restart_p50_ms),
             "restart_max_ms": round2(self.restart_max_ms),
             "duration_secs": round2(self.duration_secs),
@@ -363,10 +371,11 @@ struct Client {
     /// A leaving customer sends nothing new; it is done once nothing is pending.
     leaving: bool,
     done: bool,
+    body_chars: usize,
 }
 
 impl Client {
-    fn customer(label: String) -> Client {
+    fn customer(label: String, body_chars: usize) -> Client {
         Client {
             role: Role::Customer,
             label,
@@ -379,15 +388,16 @@ impl Client {
             counter: 0,
             leaving: false,
             done: false,
+            body_chars,
         }
     }
 
-    fn staff(label: String, token: String, staff_id: String) -> Client {
+    fn staff(label: String, token: String, staff_id: String, body_chars: usize) -> Client {
         Client {
             role: Role::Staff,
             token: Some(token),
             staff_id,
-            ..Client::customer(label)
+            ..Client::customer(label, body_chars)
         }
     }
 
@@ -414,7 +424,14 @@ impl Client {
         let cmid = format!("c-{}", ulid::Ulid::new());
         // The id is in the body too, so the hub's HQ transcript (which shows bodies, not
         // client ids) can be counted by it.
-        let body = format!("{cmid} message {} from {}", self.counter, self.label);
+        let mut body = format!("{cmid} message {} from {}", self.counter, self.label);
+        // Random padding (ULIDs, ASCII): it does not compress away in the document's chunks.
+        let natural = body.len();
+        while body.len() < self.body_chars {
+            body.push(' ');
+            body.push_str(&ulid::Ulid::new().to_string());
+        }
+        body.truncate(self.body_chars.max(natural));
         Some(Pending {
             conversation,
             cmid,
@@ -601,7 +618,7 @@ async fn join_clients(
 }
 
 /// One customer leaves and a new one arrives: conversations keep being created.
-fn rotate_customers(clients: &mut Vec<Client>, arrivals: &mut usize) {
+fn rotate_customers(clients: &mut Vec<Client>, arrivals: &mut usize, body_chars: usize) {
     clients.retain(|c| !c.done);
     if let Some(c) = clients
         .iter_mut()
@@ -610,7 +627,7 @@ fn rotate_customers(clients: &mut Vec<Client>, arrivals: &mut usize) {
         c.leaving = true;
     }
     *arrivals += 1;
-    clients.push(Client::customer(format!("customer {arrivals}")));
+    clients.push(Client::customer(format!("customer {arrivals}"), body_chars));
 }
 
 // ---- the run ------------------------------------------------------------------------------
@@ -636,7 +653,7 @@ pub async fn run(o: &CrashBenchOptions) -> anyhow::Result<CrashBenchResult> {
 }
 
 /// Logs in the admin, creates the staff accounts (high capacity: every chat gets an agent).
-async fn setup_staff(http: &Http, n: usize) -> anyhow::Result<Vec<Client>> {
+async fn setup_staff(http: &Http, n: usize, body_chars: usize) -> anyhow::Result<Vec<Client>> {
     let admin = login(http, ADMIN_USER, ADMIN_PASSWORD).await?;
     let mut out = Vec::new();
     for i in 1..=n {
@@ -654,7 +671,7 @@ async fn setup_staff(http: &Http, n: usize) -> anyhow::Result<Vec<Client>> {
             bail!("create staff {username}: HTTP {} {}", r.status, r.text);
         }
         let (token, id) = login(http, &username, &password).await?;
-        out.push(Client::staff(format!("staff {i}"), token, id));
+        out.push(Client::staff(format!("staff {i}"), token, id, body_chars));
     }
     Ok(out)
 }
@@ -690,19 +707,26 @@ fn median_max(mut v: Vec<f64>) -> (f64, f64) {
 async fn run_edge(o: &CrashBenchOptions, seed: u64) -> anyhow::Result<CrashBenchResult> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut edge = Edge::try_start_with(EdgeOptions::default().env("AISLE_LOG", "warn")).await?;
-    let mut clients = setup_staff(edge.http(), o.staff).await?;
+    let mut clients = setup_staff(edge.http(), o.staff, o.body_chars).await?;
     let mut arrivals = 0;
     for _ in 0..o.customers {
         arrivals += 1;
-        clients.push(Client::customer(format!("customer {arrivals}")));
+        clients.push(Client::customer(
+            format!("customer {arrivals}"),
+            o.body_chars,
+        ));
     }
     let ledger: SharedLedger = Arc::default();
     let (stop, _) = watch::channel(false);
     let mut restarts = Vec::new();
+    let mut compactions = 0;
     for cycle in 1..=o.cycles {
         let delay = rng.random_range(o.min_delay_ms..=o.max_delay_ms);
         let handles = run_clients(edge.addr(), clients, &ledger, o.window, &stop).await;
         tokio::time::sleep(Duration::from_millis(delay)).await;
+        if let Some((200, text)) = http_get_raw(edge.addr(), "/metrics").await {
+            compactions += metric_value(&text, "aisle_document_compactions_total") as u64;
+        }
         edge.kill();
         clients = timeout(HANG_GUARD * 2, join_clients(handles))
             .await
@@ -711,7 +735,7 @@ async fn run_edge(o: &CrashBenchOptions, seed: u64) -> anyhow::Result<CrashBench
             .await
             .with_context(|| format!("restart after the crash of cycle {cycle} (seed {seed})"))?;
         restarts.push(edge.last_ready_time().as_secs_f64() * 1000.0);
-        rotate_customers(&mut clients, &mut arrivals);
+        rotate_customers(&mut clients, &mut arrivals, o.body_chars);
         if cycle % 10 == 0 || cycle == o.cycles {
             let l = ledger.lock().unwrap();
             progress!(
@@ -724,6 +748,7 @@ async fn run_edge(o: &CrashBenchOptions, seed: u64) -> anyhow::Result<CrashBench
     }
     let (restart_p50_ms, restart_max_ms) = median_max(restarts);
     let mut result = CrashBenchResult {
+        document_compactions: compactions,
         target: "edge",
         seed,
         cycles: o.cycles,
@@ -1025,11 +1050,14 @@ async fn run_hub(o: &CrashBenchOptions, seed: u64) -> anyhow::Result<CrashBenchR
     ))
     .await?;
     wait_store_connected(&edge).await?;
-    let mut clients = setup_staff(edge.http(), o.staff).await?;
+    let mut clients = setup_staff(edge.http(), o.staff, o.body_chars).await?;
     let mut arrivals = 0;
     for _ in 0..o.customers {
         arrivals += 1;
-        clients.push(Client::customer(format!("customer {arrivals}")));
+        clients.push(Client::customer(
+            format!("customer {arrivals}"),
+            o.body_chars,
+        ));
     }
     let ledger: SharedLedger = Arc::default();
     let mut restarts = Vec::new();
@@ -1049,7 +1077,7 @@ async fn run_hub(o: &CrashBenchOptions, seed: u64) -> anyhow::Result<CrashBenchR
             .context("clients did not finish")??;
         // The next kill comes during a sync session, not while the store waits to reconnect.
         wait_store_connected(&edge).await?;
-        rotate_customers(&mut clients, &mut arrivals);
+        rotate_customers(&mut clients, &mut arrivals, o.body_chars);
         if cycle % 10 == 0 || cycle == o.cycles {
             let l = ledger.lock().unwrap();
             progress!(
@@ -1198,4 +1226,70 @@ async fn check_hub(
     }
     compare("hub documents", &doc_found, &l, r);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger(entries: &[(&str, Option<&str>)]) -> Ledger {
+        Ledger {
+            sent: entries
+                .iter()
+                .map(|(cmid, ack)| {
+                    (
+                        cmid.to_string(),
+                        Sent {
+                            conversation: "conv".into(),
+                            ack: ack.map(|m| Ack {
+                                message_id: m.to_string(),
+                            }),
+                        },
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The check must be able to fail: a missing acked message is lost, a client id found
+    /// twice is duplicated, an acked message under another id is mismatched; an unacked
+    /// message may be absent.
+    #[test]
+    fn compare_counts_lost_duplicated_and_mismatched() {
+        let l = ledger(&[
+            ("a", Some("m-a")),
+            ("b", Some("m-b")),
+            ("c", Some("m-c")),
+            ("d", None),
+            ("e", None),
+            ("f", Some("m-f")),
+        ]);
+        let mut found = Found::default();
+        found.add("a", "m-a");
+        // b is lost.
+        found.add("c", "m-c");
+        found.add("c", "m-c2");
+        // d (never acked) is absent: fine. e was committed twice without an ack.
+        found.add("e", "m-e");
+        found.add("e", "m-e2");
+        found.add("f", "m-other");
+        let mut r = CrashBenchResult::default();
+        compare("test", &found, &l, &mut r);
+        assert_eq!(
+            (r.lost, r.duplicated, r.mismatched),
+            (1, 2, 1),
+            "{:?}",
+            r.problems
+        );
+        assert!(!r.passed());
+
+        let mut all = Found::default();
+        for (cmid, id) in [("a", "m-a"), ("b", "m-b"), ("c", "m-c"), ("f", "m-f")] {
+            all.add(cmid, id);
+        }
+        let mut r = CrashBenchResult::default();
+        compare("test", &all, &l, &mut r);
+        assert!(r.passed(), "{:?}", r.problems);
+    }
 }

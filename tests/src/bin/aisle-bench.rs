@@ -123,6 +123,10 @@ struct CrashArgs {
     /// Longest delay from the start of a cycle to the kill, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     max_delay_ms: u64,
+    /// Characters per message body (random padding): long enough that documents pass their
+    /// compaction threshold during the run, so kills also land in compactions.
+    #[arg(long, default_value_t = 2000)]
+    body_chars: usize,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -281,6 +285,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 window: a.window.max(1),
                 min_delay_ms: a.min_delay_ms,
                 max_delay_ms: a.max_delay_ms,
+                body_chars: a.body_chars,
             };
             let r = crashbench::run(&o).await?;
             if cli.json {
