@@ -94,6 +94,9 @@ pub struct CrashBenchOptions {
     /// Length of each message body in characters: long bodies grow the documents past their
     /// compaction threshold within a run, so crashes also hit compactions (a chunk rewrite).
     pub body_chars: usize,
+    /// Edge target: the edge is enrolled at a real `aisle-hub` (never killed) and syncs while
+    /// it is killed; at the end the hub must hold every acked message once, too.
+    pub with_hub: bool,
 }
 
 impl Default for CrashBenchOptions {
@@ -108,6 +111,7 @@ impl Default for CrashBenchOptions {
             min_delay_ms: 0,
             max_delay_ms: 1000,
             body_chars: 2000,
+            with_hub: false,
         }
     }
 }
@@ -706,7 +710,15 @@ fn median_max(mut v: Vec<f64>) -> (f64, f64) {
 
 async fn run_edge(o: &CrashBenchOptions, seed: u64) -> anyhow::Result<CrashBenchResult> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut edge = Edge::try_start_with(EdgeOptions::default().env("AISLE_LOG", "warn")).await?;
+    let mut options = EdgeOptions::default().env("AISLE_LOG", "warn");
+    let mut hub = None;
+    if o.with_hub {
+        let mut h = Hub::try_start("crash").await?;
+        let token = h.register_store("store-crash").await;
+        options = options.enrolled_at(&h.url(), "store-crash", &token);
+        hub = Some(h);
+    }
+    let mut edge = Edge::try_start_with(options).await?;
     let mut clients = setup_staff(edge.http(), o.staff, o.body_chars).await?;
     let mut arrivals = 0;
     for _ in 0..o.customers {
@@ -749,14 +761,21 @@ async fn run_edge(o: &CrashBenchOptions, seed: u64) -> anyhow::Result<CrashBench
     let (restart_p50_ms, restart_max_ms) = median_max(restarts);
     let mut result = CrashBenchResult {
         document_compactions: compactions,
-        target: "edge",
+        target: if o.with_hub { "edge+hub" } else { "edge" },
         seed,
         cycles: o.cycles,
         restart_p50_ms,
         restart_max_ms,
         ..Default::default()
     };
-    check_edge(&edge, &clients, &ledger, &mut result).await?;
+    // Every client task has ended: the ledger is complete.
+    let l = std::mem::take(&mut *ledger.lock().unwrap());
+    ledger_figures(&l, &mut result);
+    check_edge(&edge, &clients, &l, &mut result).await?;
+    if let Some(hub) = &mut hub {
+        // What the edge acked before its crashes reaches the hub once, after the last restart.
+        check_hub(hub, &l, &mut result).await?;
+    }
     Ok(result)
 }
 
@@ -851,13 +870,9 @@ fn conversations_of(l: &Ledger) -> Vec<String> {
 async fn check_edge(
     edge: &Edge,
     clients: &[Client],
-    ledger: &SharedLedger,
+    l: &Ledger,
     r: &mut CrashBenchResult,
 ) -> anyhow::Result<()> {
-    // Every client task has ended: the ledger is complete.
-    let l = std::mem::take(&mut *ledger.lock().unwrap());
-    let l: &Ledger = &l;
-    ledger_figures(l, r);
     let conversations = conversations_of(l);
     progress!(
         "checking {} conversations ({} acked messages) after the last restart",
@@ -1097,7 +1112,9 @@ async fn run_hub(o: &CrashBenchOptions, seed: u64) -> anyhow::Result<CrashBenchR
         restart_max_ms,
         ..Default::default()
     };
-    check_hub(&mut hub, &ledger, &mut result).await?;
+    let l = std::mem::take(&mut *ledger.lock().unwrap());
+    ledger_figures(&l, &mut result);
+    check_hub(&mut hub, &l, &mut result).await?;
     Ok(result)
 }
 
@@ -1147,15 +1164,8 @@ async fn hq_transcripts(
     Ok(out)
 }
 
-async fn check_hub(
-    hub: &mut Hub,
-    ledger: &SharedLedger,
-    r: &mut CrashBenchResult,
-) -> anyhow::Result<()> {
-    // Every client task has ended: the ledger is complete.
-    let l = std::mem::take(&mut *ledger.lock().unwrap());
+async fn check_hub(hub: &mut Hub, l: &Ledger, r: &mut CrashBenchResult) -> anyhow::Result<()> {
     let (conversations, acked_ids) = {
-        ledger_figures(&l, r);
         let acked: HashMap<String, String> = l
             .sent
             .values()
@@ -1165,7 +1175,7 @@ async fn check_hub(
                     .map(|a| (a.message_id.clone(), s.conversation.clone()))
             })
             .collect();
-        (conversations_of(&l), acked)
+        (conversations_of(l), acked)
     };
     progress!(
         "waiting for the hub to hold {} acked messages of {} conversations",
@@ -1202,7 +1212,7 @@ async fn check_hub(
             }
         }
     }
-    compare("HQ transcript", &hq_found, &l, r);
+    compare("HQ transcript", &hq_found, l, r);
     // 2. The hub's documents, loaded from its SQLite file.
     let conn = open_read_only(&hub.database_path())?;
     let mut doc_found = Found::default();
@@ -1224,7 +1234,7 @@ async fn check_hub(
             }
         }
     }
-    compare("hub documents", &doc_found, &l, r);
+    compare("hub documents", &doc_found, l, r);
     Ok(())
 }
 

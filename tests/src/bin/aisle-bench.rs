@@ -127,6 +127,10 @@ struct CrashArgs {
     /// compaction threshold during the run, so kills also land in compactions.
     #[arg(long, default_value_t = 2000)]
     body_chars: usize,
+    /// Edge target: enroll the edge at a real aisle-hub (never killed) that it syncs with
+    /// while it is killed; the hub must then hold every acked message exactly once too.
+    #[arg(long)]
+    with_hub: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -286,6 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 min_delay_ms: a.min_delay_ms,
                 max_delay_ms: a.max_delay_ms,
                 body_chars: a.body_chars,
+                with_hub: a.with_hub,
             };
             let r = crashbench::run(&o).await?;
             if cli.json {
