@@ -142,7 +142,7 @@ pub struct CrashBenchResult {
     pub unloadable_documents: u64,
     /// Edge target: document compactions the edge reported (its metrics read just before each
     /// kill, so a lower bound).
-    pub document_compactions: u64,
+    pub document_compactions: Option<u64>,
     /// Restart times: exec to first healthy answer, median and max.
     pub restart_p50_ms: f64,
     pub restart_max_ms: f64,
@@ -170,12 +170,14 @@ impl CrashBenchResult {
             "refused": self.refused,
             "documents_checked": self.documents_checked,
             "unloadable_documents": self.unloadable_documents,
-            "document_compactions": self.document_compactions,
             "restart_p50_ms": round2(self.restart_p50_ms),
             "restart_max_ms": round2(self.restart_max_ms),
             "duration_secs": round2(self.duration_secs),
             "problems": self.problems,
         });
+        if let Some(c) = self.document_compactions {
+            v["document_compactions"] = json!(c);
+        }
         if let Some(c) = self.converge_ms {
             v["converge_ms"] = json!(round2(c));
         }
@@ -760,7 +762,7 @@ async fn run_edge(o: &CrashBenchOptions, seed: u64) -> anyhow::Result<CrashBench
     }
     let (restart_p50_ms, restart_max_ms) = median_max(restarts);
     let mut result = CrashBenchResult {
-        document_compactions: compactions,
+        document_compactions: Some(compactions),
         target: if o.with_hub { "edge+hub" } else { "edge" },
         seed,
         cycles: o.cycles,
