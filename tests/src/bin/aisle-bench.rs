@@ -16,6 +16,11 @@
 //!   simulated stores push conversations over the sync protocol; messages per second the hub
 //!   acknowledged, and the catch-up time of a store that wrote `--catchup-messages` offline
 //!   (see `aisle_tests::syncbench`).
+//! - `crash`: crash safety under load: SIGKILLs `aisle-edge` (or, `--target hub`, the
+//!   `aisle-hub` an edge syncs into) at seeded random moments for `--cycles` cycles, restarts
+//!   it on the same data and checks that every acked message is there exactly once and every
+//!   document loads; exit code 1 when anything was lost or duplicated (see
+//!   `aisle_tests::crashbench`).
 //! - `inference`: the intent classifier (aisle-models) alone, on one thread: model load time,
 //!   per-message classify latency p50/p99 over models/data (see `aisle_tests::inferencebench`).
 //!
@@ -31,6 +36,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aisle_tests::crashbench::{self, CrashBenchOptions, CrashTarget};
 use aisle_tests::edge::{ADMIN_PASSWORD, ADMIN_USER, Edge, EdgeOptions};
 use aisle_tests::http::{Http, StaffSession};
 use aisle_tests::syncbench::{self, SyncBenchOptions};
@@ -86,6 +92,51 @@ enum Cmd {
     Sync(SyncArgs),
     /// Intent classifier: model load time and classify latency on one thread.
     Inference(InferenceArgs),
+    /// Crash safety: SIGKILL under load, restart, every acked message there exactly once.
+    Crash(CrashArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct CrashArgs {
+    /// Kill-and-restart cycles.
+    #[arg(long, default_value_t = 100)]
+    cycles: usize,
+    /// The process that is killed: `edge` (the store appliance under chat load) or `hub`
+    /// (the regional hub a loaded store syncs into).
+    #[arg(long, value_enum, default_value_t = CrashTargetArg::Edge)]
+    target: CrashTargetArg,
+    /// Seed of the random kill moments (printed by every run, to replay it).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Customers connected at once (each cycle one leaves and a new one starts a chat).
+    #[arg(long, default_value_t = 6)]
+    customers: usize,
+    /// Staff tablets answering their chats.
+    #[arg(long, default_value_t = 2)]
+    staff: usize,
+    /// Unacked sends each client keeps in flight.
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Shortest delay from the start of a cycle to the kill, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    min_delay_ms: u64,
+    /// Longest delay from the start of a cycle to the kill, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    max_delay_ms: u64,
+    /// Characters per message body (random padding): long enough that documents pass their
+    /// compaction threshold during the run, so kills also land in compactions.
+    #[arg(long, default_value_t = 2000)]
+    body_chars: usize,
+    /// Edge target: enroll the edge at a real aisle-hub (never killed) that it syncs with
+    /// while it is killed; the hub must then hold every acked message exactly once too.
+    #[arg(long)]
+    with_hub: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum CrashTargetArg {
+    Edge,
+    Hub,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -219,6 +270,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", r.to_json());
             } else {
                 println!("{}", r.to_text(&o));
+            }
+            return Ok(());
+        }
+        Cmd::Crash(a) => {
+            if cli.url.is_some() {
+                bail!("crash starts, kills and restarts its own processes: --url is not supported");
+            }
+            let o = CrashBenchOptions {
+                cycles: a.cycles,
+                target: match a.target {
+                    CrashTargetArg::Edge => CrashTarget::Edge,
+                    CrashTargetArg::Hub => CrashTarget::Hub,
+                },
+                seed: a.seed,
+                customers: a.customers,
+                staff: a.staff,
+                window: a.window.max(1),
+                min_delay_ms: a.min_delay_ms,
+                max_delay_ms: a.max_delay_ms,
+                body_chars: a.body_chars,
+                with_hub: a.with_hub,
+            };
+            let r = crashbench::run(&o).await?;
+            if cli.json {
+                println!("{}", r.to_json());
+            } else {
+                println!("{}", r.to_text());
+            }
+            if !r.passed() {
+                bail!(
+                    "crash safety violated (seed {}): {} lost, {} duplicated, {} mismatched, {} unloadable documents",
+                    r.seed,
+                    r.lost,
+                    r.duplicated,
+                    r.mismatched,
+                    r.unloadable_documents
+                );
             }
             return Ok(());
         }
