@@ -211,6 +211,23 @@ async fn a_customers_deletion_at_a_store_erases_every_copy_in_the_region() {
     gone_from_disk("store B", b.edge.data_dir(), &secret).await;
     gone_from_disk("the hub", hub.data_dir(), &secret).await;
 
+    // The erasure is in both audit logs (who asked, which conversation, why; no content).
+    let entries = a
+        .edge
+        .http()
+        .get("/api/audit?limit=500", Some(&a.admin.token))
+        .await;
+    let entries = entries.expect(200).to_string();
+    assert!(entries.contains("conversation_erased") && entries.contains(&conv));
+    assert!(
+        !entries.contains(&secret),
+        "the audit log holds the erased text"
+    );
+    let hq = hub.admin_token().await;
+    let hub_entries = hub.http().get("/api/audit?limit=500", Some(&hq)).await;
+    let hub_entries = hub_entries.expect(200).to_string();
+    assert!(hub_entries.contains("document_erased") && hub_entries.contains(&conv));
+
     // The other customer's conversation is untouched everywhere.
     assert_eq!(
         conversation_status(&a.edge, &a.admin, &other_conv).await,

@@ -704,6 +704,14 @@ impl HubStore for SqliteStore {
                 let mut erased = Vec::new();
                 for key in &erase.doc_keys {
                     if let Some(doc) = erase_document(&tx, key)? {
+                        // Recorded with the key and why, never what was erased.
+                        let record = Record::new(
+                            erase.requested_by.clone(),
+                            "document_erased",
+                            key,
+                            serde_json::json!({ "reason": erase.reason, "holders": doc.holders }),
+                        );
+                        audit::append(&tx, &record)?;
                         erased.push(doc);
                     }
                     tx.prepare_cached(

@@ -120,6 +120,14 @@ fn erase(conn: &mut Connection, cmd: &EraseCmd) -> Result<Erased, ApiError> {
                 tx.prepare_cached(sql)?.execute([&key])?;
             }
             erased.push(*id);
+            // The erasure is recorded with its id and why, never what was erased.
+            crate::audit::append(
+                &tx,
+                &cmd.requested_by,
+                "conversation_erased",
+                &key,
+                serde_json::json!({ "reason": cmd.reason }),
+            )?;
         }
         tx.prepare_cached(
             "INSERT INTO erased_conversations (id, erased_at_ms, reason, requested_by, hub_told) \
@@ -141,6 +149,7 @@ fn erase(conn: &mut Connection, cmd: &EraseCmd) -> Result<Erased, ApiError> {
             .execute([customer])?;
     }
     tx.commit()?;
+    crate::audit::anchor_after_commit(conn);
     Ok((erased, files))
 }
 
