@@ -29,21 +29,30 @@ use libfuzzer_sys::fuzz_target;
 static HELD: LazyLock<Vec<u8>> = LazyLock::new(|| aisle_fuzz::conversation().save());
 static HELD_SETTINGS: LazyLock<Vec<u8>> = LazyLock::new(|| aisle_fuzz::settings().save());
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&case, rest)) = data.split_first() else {
-        return;
-    };
-    match case % 8 {
-        0 => load_conversation(rest),
-        1 => load_conversation(&aisle_fuzz::chunks_with_checksums(rest).concat()),
-        2 => receive_conversation(rest),
-        3 => receive_conversation(&message_of(rest)),
-        4 => load_settings(rest),
-        5 => load_settings(&aisle_fuzz::chunks_with_checksums(rest).concat()),
-        6 => receive_settings(rest),
-        _ => receive_settings(&message_of(rest)),
+fuzz_target!(
+    init: {
+        // libfuzzer-sys aborts on every panic from its hook, even one the product catches:
+        // `aisle-sync` catches Automerge's panics on hostile bytes (`SyncError::Panicked`), so
+        // here a panic only prints. One that escapes the product still aborts: libfuzzer-sys
+        // catches the unwind at the target's boundary and aborts, and the input is saved.
+        std::panic::set_hook(Box::new(|info| eprintln!("panic (caught or fatal): {info}")));
+    },
+    |data: &[u8]| {
+        let Some((&case, rest)) = data.split_first() else {
+            return;
+        };
+        match case % 8 {
+            0 => load_conversation(rest),
+            1 => load_conversation(&aisle_fuzz::chunks_with_checksums(rest).concat()),
+            2 => receive_conversation(rest),
+            3 => receive_conversation(&message_of(rest)),
+            4 => load_settings(rest),
+            5 => load_settings(&aisle_fuzz::chunks_with_checksums(rest).concat()),
+            6 => receive_settings(rest),
+            _ => receive_settings(&message_of(rest)),
+        }
     }
-});
+);
 
 /// A sync message carrying the checksummed chunks of `records` as its changes.
 fn message_of(records: &[u8]) -> Vec<u8> {
