@@ -184,7 +184,7 @@ impl Conversation {
     /// `save_incremental()` chunks concatenated (the append-only storage format). Truncated or
     /// checksum-failing chunks are an error rather than being silently dropped.
     pub fn load(bytes: &[u8]) -> Result<Self, SyncError> {
-        let mut doc = AutoCommit::load(bytes)?;
+        let mut doc = load_guarded(bytes)?;
         let saved_heads = doc.get_heads();
         let meta = match doc.get(ROOT, META)? {
             None => return Err(SyncError::MissingSchema(META)),
@@ -516,26 +516,51 @@ pub(crate) fn receive_checked(
     message: &[u8],
     check: impl FnOnce(&AutoCommit) -> Result<(), SyncError>,
 ) -> Result<(), SyncError> {
-    let message =
-        sync::Message::decode(message).map_err(|err| SyncError::BadSyncMessage(err.to_string()))?;
+    let message = guarded(|| sync::Message::decode(message))?
+        .map_err(|err| SyncError::BadSyncMessage(err.to_string()))?;
     let before = doc.get_heads();
     let state_before = state.clone();
-    let applied = doc.sync().receive_sync_message(state, message);
+    let applied = guarded(|| doc.sync().receive_sync_message(state, message));
     let result = match applied {
-        Err(err) => Err(SyncError::from(err)),
-        Ok(()) if doc.get_heads() == before => Ok(()),
-        Ok(()) => check(doc),
+        Err(panicked) => Err(panicked),
+        Ok(Err(err)) => Err(SyncError::from(err)),
+        Ok(Ok(())) if doc.get_heads() == before => Ok(()),
+        Ok(Ok(())) => check(doc),
     };
     if let Err(err) = result {
-        // Replace the document by its state before the message, keeping the actor id.
+        // Replace the document by its state before the message, keeping the actor id. After a
+        // panic too: Automerge applies a change to the history only once it is whole, so the
+        // heads before the message are still there to fork from.
         let actor = doc.get_actor().clone();
-        let mut restored = doc.fork_at(&before)?;
+        let mut restored = guarded(|| doc.fork_at(&before))??;
         restored.set_actor(actor);
         *doc = restored;
         *state = state_before;
         return Err(err);
     }
     Ok(())
+}
+
+/// `AutoCommit::load` of bytes from another machine, with Automerge's panics caught
+/// ([`guarded`]).
+pub(crate) fn load_guarded(bytes: &[u8]) -> Result<AutoCommit, SyncError> {
+    Ok(guarded(|| AutoCommit::load(bytes))??)
+}
+
+/// Runs an Automerge call on bytes from another machine, turning a panic inside Automerge into
+/// [`SyncError::Panicked`]. Automerge 0.12 panics on some malformed column data (an assertion in
+/// its column reader, `hexane`; found by the `automerge_load` fuzz target) instead of returning
+/// an error. Unguarded, such a message would kill the edge's single writer thread, or end a
+/// hub's sync task on every retry of the store.
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, SyncError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        SyncError::Panicked(message)
+    })
 }
 
 impl Conversation {

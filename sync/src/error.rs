@@ -40,6 +40,14 @@ pub enum SyncError {
     #[error("bad sync message: {0}")]
     BadSyncMessage(String),
 
+    /// Automerge panicked on bytes from another machine (a decoder bug inside Automerge,
+    /// found by fuzzing: `fuzz/`, target `automerge_load`). Caught where the bytes enter
+    /// ([`Conversation::load`](crate::Conversation::load), `receive_sync_message`) and reported
+    /// like any undecodable input, so one hostile peer cannot take down the edge's writer
+    /// thread or a hub's sync task. The panic's message is kept for the log.
+    #[error("the document library failed on this input: {0}")]
+    Panicked(String),
+
     /// `merge` was asked to combine two documents that do not share a skeleton, or a sync would
     /// have delivered one: either different conversations, or the same conversation created twice
     /// (which would hide one side's data).

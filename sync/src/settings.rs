@@ -85,7 +85,7 @@ impl Settings {
 
     /// Loads stored bytes (a save, optionally followed by incremental chunks).
     pub fn load(bytes: &[u8]) -> Result<Self, SyncError> {
-        let mut doc = AutoCommit::load(bytes)?;
+        let mut doc = crate::conversation::load_guarded(bytes)?;
         let saved_heads = doc.get_heads();
         let meta = read_meta(&doc)?.ok_or(SyncError::MissingSchema(META))?;
         Ok(Settings {
