@@ -168,10 +168,10 @@ async fn a_staff_tablet_that_stops_reading_is_dropped_and_nobody_else_notices() 
         let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         let mut n = 0;
         loop {
-            if let Some(total) = *total_rx.borrow() {
-                if n >= total {
-                    break;
-                }
+            if let Some(total) = *total_rx.borrow()
+                && n >= total
+            {
+                break;
             }
             tokio::select! {
                 _ = total_rx.changed() => {}
