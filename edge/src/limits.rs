@@ -32,7 +32,18 @@ pub struct Limits {
     /// Most commands the writer folds into one transaction (group commit).
     pub max_batch_commands: usize,
     /// Open WebSocket connections held by the process; past this, upgrades get HTTP 503.
+    /// Each costs one file descriptor, so at start the value in force is lowered to what the
+    /// open-file limit leaves after `reserved_file_descriptors` (logged, `aisle_max_connections`).
     pub max_connections: usize,
+    /// File descriptors kept back from WebSocket connections for everything else the process
+    /// opens: the database (main file, WAL and shared memory per connection), the listener,
+    /// HTTP requests, the hub link, uploads, the model file and its watcher. Without this
+    /// reserve a full house of sockets would make SQLite or `accept` fail with EMFILE.
+    pub reserved_file_descriptors: usize,
+    /// Pause of the accept loop after `accept` failed for want of descriptors (EMFILE,
+    /// ENFILE): the waiting connection stays in the kernel's backlog instead of the loop
+    /// spinning on the same error; counted as `aisle_limit_exceeded_total{limit="nofile"}`.
+    pub accept_error_backoff_ms: u64,
     /// Messages one conversation may hold.
     pub max_messages_per_conversation: u64,
     /// Size of one conversation's Automerge document (compacted size plus pending increments).
@@ -142,6 +153,8 @@ impl Default for Limits {
             max_read_queue: 4096,
             max_batch_commands: 2048,
             max_connections: 19_000,
+            reserved_file_descriptors: 256,
+            accept_error_backoff_ms: 100,
             max_messages_per_conversation: 20_000,
             max_document_bytes: 8 * 1024 * 1024,
             max_hot_documents: 2048,
@@ -267,6 +280,9 @@ impl Limits {
             || self.idle_timeout_secs <= self.heartbeat_interval_secs
         {
             return Err("limits.idle_timeout_secs must exceed heartbeat_interval_secs > 0".into());
+        }
+        if self.accept_error_backoff_ms == 0 {
+            return Err("limits.accept_error_backoff_ms must be greater than 0".into());
         }
         if self.max_sync_frame_bytes < 64 * 1024 {
             return Err("limits.max_sync_frame_bytes must be at least 65536".into());

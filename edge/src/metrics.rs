@@ -43,6 +43,8 @@ pub struct Metrics {
     pub model_reloads: IntCounterVec,
     pub bot_answers: IntCounterVec,
     pub update_events: IntCounterVec,
+    pub max_connections: IntGauge,
+    pub open_files_limit: IntGauge,
 }
 
 impl Metrics {
@@ -224,6 +226,17 @@ impl Metrics {
             &["event"],
         )
         .expect("metric");
+        let max_connections = IntGauge::new(
+            "aisle_max_connections",
+            "WebSocket connections the process accepts: limits.max_connections, lowered to \
+             the open-file limit less limits.reserved_file_descriptors",
+        )
+        .expect("metric");
+        let open_files_limit = IntGauge::new(
+            "aisle_open_files_limit",
+            "The process's soft RLIMIT_NOFILE after raising it to the hard limit at start",
+        )
+        .expect("metric");
 
         for collector in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
@@ -252,6 +265,8 @@ impl Metrics {
             Box::new(model_reloads.clone()),
             Box::new(bot_answers.clone()),
             Box::new(update_events.clone()),
+            Box::new(max_connections.clone()),
+            Box::new(open_files_limit.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -283,6 +298,8 @@ impl Metrics {
             model_reloads,
             bot_answers,
             update_events,
+            max_connections,
+            open_files_limit,
         }
     }
 

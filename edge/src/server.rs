@@ -8,7 +8,6 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -29,8 +28,9 @@ use crate::{App, connection};
 const READER_THREADS: usize = 2;
 
 /// Runs the appliance until SIGTERM or Ctrl-C, then drains and returns.
-pub async fn run(config: Config) -> Result<(), StartError> {
+pub async fn run(mut config: Config) -> Result<(), StartError> {
     let started = Instant::now();
+    fit_connections_to_descriptors(&mut config.limits)?;
     // Listen for signals before anything can answer: a SIGTERM right after the first
     // `/healthz` must drain, not kill.
     let signal = aisle_service::signals::Signals::install()
@@ -139,18 +139,19 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         "aisle-edge listening"
     );
 
-    // Nagle + delayed ACK cost an order of magnitude on small frames (MEASUREMENTS.md).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "TCP_NODELAY");
-        }
-    });
+    let listener = Acceptor {
+        inner: listener,
+        backoff: Duration::from_millis(app.config.limits.accept_error_backoff_ms),
+    };
     // Database open, model loaded, listener bound: this slot works; bless it if on trial.
     tokio::spawn(crate::update::bless_running(Arc::clone(&app)));
     tokio::spawn(crate::erasure::sweep(Arc::clone(&app)));
     tokio::spawn(crate::update::pull_from_hub(Arc::clone(&app)));
     let signal_app = Arc::clone(&app);
     // The peer address is the client's identity for the per-IP limits (throttle.rs).
+    // (`tap_io` only so that axum's `ConnectInfo` knows this listener's address type.)
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|_| {});
     let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, service)
         .with_graceful_shutdown(async move {
@@ -281,11 +282,137 @@ async fn upgrade(
     // Frames up to 4× the limit are read and answered with `frame_too_large`; beyond that
     // tungstenite refuses to buffer them at all.
     let hard_cap = limits.max_frame_bytes * 4;
+    // What one connection can hold back from a client that stops reading is bounded
+    // without a `max_write_buffer_size`: the socket's sink waits (`poll_ready`) until
+    // tungstenite's buffer is flushed once it passes `ws_write_buffer_bytes`, so at most
+    // that plus one frame sits in user space; frames behind it wait in the connection's
+    // queue of `max_outbound_frames` (full: dropped as `slow_consumer`), and a write blocked
+    // for `write_timeout_ms` ends the connection (tests/tests/slow_clients.rs).
     ws.read_buffer_size(limits.ws_read_buffer_bytes)
         .write_buffer_size(limits.ws_write_buffer_bytes)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .on_upgrade(move |socket| connection::serve(app, socket, permit, ip))
+}
+
+/// Raises the soft open-file limit to the hard one and lowers `max_connections` to what
+/// the descriptors allow.
+///
+/// Every WebSocket connection holds one descriptor. With the soft limit left at a
+/// distribution's default (often 1,024) the box would fail `accept` long before
+/// `max_connections`, and a configured `max_connections` above the limit would let sockets
+/// use up the descriptors SQLite and the listener need. So the limit in force is
+/// `min(max_connections, nofile - reserved_file_descriptors)`: past it, upgrades get the
+/// documented 503 while the database keeps working.
+fn fit_connections_to_descriptors(limits: &mut crate::limits::Limits) -> Result<(), StartError> {
+    let (soft_before, hard) = rlimit::Resource::NOFILE
+        .get()
+        .map_err(|e| StartError::Other(format!("reading RLIMIT_NOFILE: {e}")))?;
+    let nofile = match rlimit::increase_nofile_limit(hard) {
+        Ok(nofile) => nofile,
+        Err(err) => {
+            tracing::warn!(error = %err, soft = soft_before, hard, "could not raise the open-file limit");
+            soft_before
+        }
+    };
+    let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
+    let room = nofile.saturating_sub(limits.reserved_file_descriptors);
+    if room == 0 {
+        return Err(StartError::Other(format!(
+            "the open-file limit is {nofile} descriptors, not more than \
+             limits.reserved_file_descriptors = {}: no descriptor is left for connections \
+             (raise the hard limit, e.g. `ulimit -n`, or lower the reserve)",
+            limits.reserved_file_descriptors
+        )));
+    }
+    let configured = limits.max_connections;
+    limits.max_connections = configured.min(room);
+    METRICS.open_files_limit.set(nofile as i64);
+    METRICS.max_connections.set(limits.max_connections as i64);
+    if limits.max_connections < configured {
+        tracing::warn!(
+            nofile,
+            soft_before,
+            reserved = limits.reserved_file_descriptors,
+            configured,
+            max_connections = limits.max_connections,
+            "the open-file limit allows fewer connections than limits.max_connections; \
+             raise the hard limit to accept more"
+        );
+    } else {
+        tracing::info!(
+            nofile,
+            soft_before,
+            reserved = limits.reserved_file_descriptors,
+            max_connections = limits.max_connections,
+            "open-file limit raised; max_connections fits"
+        );
+    }
+    Ok(())
+}
+
+/// The server's listener: accepted sockets get TCP_NODELAY, and an `accept` that fails
+/// because the process (EMFILE) or the system (ENFILE) is out of descriptors is counted,
+/// logged and retried after `accept_error_backoff_ms`.
+///
+/// The failing connection stays in the kernel's backlog, so retrying at once would fail
+/// again at once: a busy loop on one core that starves the connections already open. Waiting
+/// lets closing sockets free descriptors; other errors of one connection (reset before
+/// accept) are skipped at once.
+struct Acceptor {
+    inner: TcpListener,
+    backoff: Duration,
+}
+
+impl axum::serve::Listener for Acceptor {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((tcp, addr)) => {
+                    // Nagle + delayed ACK cost an order of magnitude on small frames
+                    // (MEASUREMENTS.md).
+                    if let Err(err) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %err, "TCP_NODELAY");
+                    }
+                    return (tcp, addr);
+                }
+                Err(err) if is_out_of_descriptors(&err) => {
+                    METRICS.limit("nofile");
+                    tracing::warn!(
+                        error = %err,
+                        backoff_ms = self.backoff.as_millis() as u64,
+                        "accept: out of file descriptors; new connections wait in the backlog"
+                    );
+                    tokio::time::sleep(self.backoff).await;
+                }
+                Err(err) if is_connection_error(&err) => {}
+                Err(err) => {
+                    tracing::error!(error = %err, "accept failed");
+                    tokio::time::sleep(self.backoff).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+fn is_out_of_descriptors(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Errors of the one connection being accepted (it was reset or aborted meanwhile).
+fn is_connection_error(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        err.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted
+    )
 }
 
 /// An empty store gets one admin account; its login is printed once, on stdout.

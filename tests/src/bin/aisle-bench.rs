@@ -24,6 +24,10 @@
 //! - `inference`: the intent classifier (aisle-models) alone, on one thread: model load time,
 //!   per-message classify latency p50/p99 over models/data (see `aisle_tests::inferencebench`).
 //!
+//! - `connections`: `--count` idle customer connections (hello, start, resume, then idle)
+//!   on one server, from several loopback source addresses; connections held (each answers a
+//!   `ping`) and the server's resident memory per connection (see `aisle_tests::connbench`).
+//!
 //! `--json` prints one JSON object per scenario on stdout and nothing else there; progress
 //! goes to stderr. `--duration-secs` bounds each measured run.
 //!
@@ -94,6 +98,8 @@ enum Cmd {
     Inference(InferenceArgs),
     /// Crash safety: SIGKILL under load, restart, every acked message there exactly once.
     Crash(CrashArgs),
+    /// Idle connections one server holds, and its resident memory per connection.
+    Connections(ConnectionsArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -137,6 +143,26 @@ struct CrashArgs {
 enum CrashTargetArg {
     Edge,
     Hub,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConnectionsArgs {
+    /// Customer connections to open and hold.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Loopback source addresses to spread them over (127.0.0.2 upwards; one address has
+    /// ~28,000 ephemeral ports).
+    #[arg(long, default_value_t = 4)]
+    source_addresses: usize,
+    /// Connections being set up at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Seconds every connection stays idle before each is checked with a ping.
+    #[arg(long, default_value_t = 0)]
+    hold_secs: u64,
+    /// Process id of the `--url` server, to read its resident memory.
+    #[arg(long)]
+    pid: Option<u32>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -252,6 +278,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 load_runs: a.load_runs,
             },
         )?],
+        Cmd::Connections(a) => vec![
+            aisle_tests::connbench::run(&aisle_tests::connbench::ConnBenchOptions {
+                url: cli.url.clone(),
+                pid: a.pid,
+                count: a.count,
+                source_addresses: a.source_addresses,
+                concurrency: a.concurrency,
+                hold: Duration::from_secs(a.hold_secs),
+            })
+            .await?,
+        ],
         Cmd::Sync(a) => {
             let o = SyncBenchOptions {
                 url: cli.url.clone(),
@@ -383,6 +420,17 @@ fn emit(cli: &Cli, r: &Value) {
             f("classify_p99_us"),
             f("model_load_ms"),
             r["load_runs"]
+        ),
+        Some("connections") => println!(
+            "connections: {} of {} held and answering (each pinged), over {} source addresses; \
+             server RSS {:.1} MiB -> {:.1} MiB: {:.0} bytes per connection; connected in {:.1} s",
+            r["connections"],
+            r["requested"],
+            r["source_addresses"],
+            f("rss_bytes_before") / 1048576.0,
+            f("rss_bytes_after") / 1048576.0,
+            f("rss_bytes_per_connection"),
+            f("connect_seconds")
         ),
         _ => println!("{r}"),
     }
