@@ -240,7 +240,13 @@ impl SyncedDoc for Settings {
     ) -> Result<(), SyncError> {
         let store_id = self.store_id.clone();
         crate::conversation::receive_checked(&mut self.doc, state, message, |doc| {
-            check(doc, &store_id)
+            check(doc, &store_id)?;
+            // Automerge 0.12 can accept changes whose document then saves to bytes that do not
+            // load again (found by the `automerge_load` fuzz target). A store would then keep
+            // settings it cannot reopen after a restart; the document is small, so every
+            // change received is proved to round-trip before it is kept.
+            let saved = crate::conversation::guarded(|| doc.clone().save())?;
+            crate::conversation::load_guarded(&saved).map(|_| ())
         })
     }
 
