@@ -1,8 +1,10 @@
 //! `aisle-service`: the pieces both servers (`aisle-edge` in a store, `aisle-hub` in a region)
 //! need and that have nothing to do with chat: layered configuration, the binary's `main`,
-//! secrets, signals, the clock and SQLite WAL checkpoints off the writer thread. One copy, so a
+//! secrets, signals, the clock, SQLite WAL checkpoints off the writer thread and the
+//! hash-chained audit log. One copy, so a
 //! fix (say, installing the SIGTERM handler before the first request) reaches both.
 
+pub mod audit;
 pub mod checkpoint;
 pub mod config;
 pub mod run;
