@@ -87,3 +87,87 @@ fn a_sync_message_that_panics_automerge_is_refused_and_changes_nothing() {
         .expect_err("refused");
     assert!(matches!(err, SyncError::Panicked(_)), "{err}");
 }
+
+/// `automerge_load` input (mode 7: the rest is `[type u8][len u16 le][body]` records, made into
+/// checksummed chunks and sent as one sync message's changes) for which Automerge accepted the
+/// changes into a settings document that then saved to bytes that did not load again
+/// (`MismatchingHeads`): a store would have kept settings it could not reopen.
+const SETTINGS_SAVE: &[u8] = include_bytes!("fuzz/settings-save-does-not-load.bin");
+
+/// The fuzz harness's chunk assembly (`fuzz/src/lib.rs`, `chunks_with_checksums`).
+fn chunks_with_checksums(mut input: &[u8]) -> Vec<Vec<u8>> {
+    use sha2::{Digest, Sha256};
+    let mut chunks = Vec::new();
+    while let Some((&kind, rest)) = input.split_first() {
+        let (len, rest) = match rest {
+            [a, b, rest @ ..] => (u16::from_le_bytes([*a, *b]) as usize, rest),
+            _ => (rest.len(), &rest[rest.len()..]),
+        };
+        let len = len.min(rest.len());
+        let (body, rest) = rest.split_at(len);
+        let mut typed = vec![kind % 4];
+        let mut value = body.len() as u64;
+        loop {
+            let byte = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 {
+                typed.push(byte);
+                break;
+            }
+            typed.push(byte | 0x80);
+        }
+        let hash = Sha256::new()
+            .chain_update(&typed)
+            .chain_update(body)
+            .finalize();
+        let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83];
+        chunk.extend_from_slice(&hash[..4]);
+        chunk.extend_from_slice(&typed);
+        chunk.extend_from_slice(body);
+        chunks.push(chunk);
+        input = rest;
+    }
+    chunks
+}
+
+#[test]
+fn settings_a_sync_message_leaves_always_save_and_load_again() {
+    let (&mode, records) = SETTINGS_SAVE.split_first().expect("input");
+    assert_eq!(mode % 8, 7, "the input is a mode-7 record list");
+    let message = Message {
+        heads: Vec::new(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: ChunkList::from(chunks_with_checksums(records)),
+        flags: None,
+        version: MessageVersion::V1,
+    }
+    .encode();
+    let mut held = Settings::create("store-fuzz").expect("settings");
+    held.put_canned_reply(&aisle_sync::CannedReply {
+        id: "r1".into(),
+        shortcut: "/hours".into(),
+        title: "Opening hours".into(),
+        body: "9:00 to 21:00 every day".into(),
+        updated_at_ms: 1_700_000_000_000,
+    })
+    .expect("reply");
+    let held = held.save();
+    let mut fresh = Settings::empty_for_sync("store-fuzz");
+    let mut held = Settings::load(&held).expect("held settings");
+    for doc in [&mut fresh, &mut held] {
+        let mut state = State::new();
+        let before = aisle_sync::SyncedDoc::heads(doc);
+        match aisle_sync::SyncedDoc::receive_sync_message(doc, &mut state, &message) {
+            Ok(()) => {
+                let saved = doc.save();
+                Settings::load(&saved).expect("what a received message left saves and loads");
+            }
+            Err(_) => assert_eq!(
+                aisle_sync::SyncedDoc::heads(doc),
+                before,
+                "refused, unchanged"
+            ),
+        }
+    }
+}
