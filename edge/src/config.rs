@@ -135,7 +135,8 @@ pub struct Routing {
 #[serde(default, deny_unknown_fields)]
 pub struct Retention {
     /// A resolved conversation is erased this long after it was resolved (31536000 = 365
-    /// days). 0: kept until erased on request (or by the region's period).
+    /// days), at this store only (the hub keeps the region's history). 0: kept until erased on
+    /// request (or by the region's period, which wins when set).
     pub resolved_conversation_secs: u64,
     /// How often the store looks for conversations past the period.
     pub sweep_interval_secs: u64,

@@ -109,9 +109,10 @@ pub async fn erase_conversation(
     Ok(Json(json!({ "erased": [id.to_string()] })))
 }
 
-/// The retention period in force: the region's (from the hub) when it sets one, else the
-/// store's own `retention.resolved_conversation_secs`; 0 keeps everything.
-pub async fn retention_secs(app: &App) -> Result<u64, ApiError> {
+/// The retention period in force and whether it is the region's: the region's (from the hub)
+/// when it sets one, else the store's own `retention.resolved_conversation_secs`; 0 keeps
+/// everything.
+pub async fn retention_secs(app: &App) -> Result<(u64, bool), ApiError> {
     let region: Option<String> = app
         .reader
         .read(|conn| {
@@ -126,9 +127,9 @@ pub async fn retention_secs(app: &App) -> Result<u64, ApiError> {
         .await?;
     let region = region.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     Ok(if region > 0 {
-        region
+        (region, true)
     } else {
-        app.config.retention.resolved_conversation_secs
+        (app.config.retention.resolved_conversation_secs, false)
     })
 }
 
@@ -151,15 +152,23 @@ pub async fn remember_region_retention(app: &App, secs: u64) {
     }
 }
 
-/// Conversations erased here that the hub has not confirmed, oldest first (at most `limit`).
-pub async fn untold(app: &App, limit: usize) -> Result<Vec<ConversationId>, ApiError> {
+/// Conversations erased here that the hub has not confirmed, by id after `after` (a page of
+/// at most `limit`; the caller pages on with the last id).
+pub async fn untold(
+    app: &App,
+    after: Option<ConversationId>,
+    limit: usize,
+) -> Result<Vec<ConversationId>, ApiError> {
+    let after = after.map(|id| id.to_string()).unwrap_or_default();
     app.reader
         .read(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT id FROM erased_conversations WHERE hub_told = 0 \
-                 ORDER BY erased_at_ms LIMIT ?1",
+                "SELECT id FROM erased_conversations WHERE hub_told = 0 AND id > ?1 \
+                 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?;
+            let rows = stmt.query_map(rusqlite::params![after, limit as i64], |r| {
+                r.get::<_, String>(0)
+            })?;
             let mut ids = Vec::new();
             for id in rows {
                 if let Ok(id) = id?.parse() {
@@ -183,9 +192,9 @@ pub async fn sweep(app: Arc<App>) {
             _ = tick.tick() => {}
             _ = shutdown.recv() => return,
         }
-        let secs = match retention_secs(&app).await {
-            Ok(0) => continue,
-            Ok(secs) => secs,
+        let (secs, regional) = match retention_secs(&app).await {
+            Ok((0, _)) => continue,
+            Ok(period) => period,
             Err(err) => {
                 tracing::warn!(error = %err.message, "retention sweep: reading the period");
                 continue;
@@ -222,7 +231,19 @@ pub async fn sweep(app: Arc<App>) {
                 }
             };
             let full = ids.len() == batch;
-            match erase(&app, ids, None, erase::RETENTION, "system".into(), false).await {
+            // The store's own period (the region keeps longer) erases here only: the hub and
+            // the other stores keep their copies. The region's is carried like any erasure.
+            let local_only = !regional;
+            match erase(
+                &app,
+                ids,
+                None,
+                erase::RETENTION,
+                "system".into(),
+                local_only,
+            )
+            .await
+            {
                 Ok(erased) => tracing::info!(count = erased.len(), "retention sweep"),
                 Err(err) => {
                     tracing::warn!(error = %err.message, "retention sweep: erasing");

@@ -596,27 +596,25 @@ impl Link {
 
     /// Sends `erase` frames for the conversations erased here that the hub has not confirmed.
     async fn tell_erasures(&mut self) -> Result<(), String> {
-        let limit = self
-            .app
-            .config
-            .limits
-            .max_erase_batch_documents
-            .max(MAX_ERASE_DOCS);
-        let untold = crate::erasure::untold(&self.app, limit)
-            .await
-            .map_err(|err| format!("reading erasures: {}", err.message))?;
-        let docs: Vec<DocumentKey> = untold
-            .into_iter()
-            .filter(|id| self.erasures_sent.insert(*id))
-            .map(DocumentKey::from)
-            .collect();
-        for chunk in docs.chunks(MAX_ERASE_DOCS) {
-            let frame = Frame::Erase {
-                docs: chunk.to_vec(),
-            };
-            send(&mut self.socket, &frame, self.max_frame).await?;
+        let mut after = None;
+        loop {
+            let page = crate::erasure::untold(&self.app, after, MAX_ERASE_DOCS)
+                .await
+                .map_err(|err| format!("reading erasures: {}", err.message))?;
+            let full = page.len() == MAX_ERASE_DOCS;
+            after = page.last().copied();
+            let docs: Vec<DocumentKey> = page
+                .into_iter()
+                .filter(|id| self.erasures_sent.insert(*id))
+                .map(DocumentKey::from)
+                .collect();
+            if !docs.is_empty() {
+                send(&mut self.socket, &Frame::Erase { docs }, self.max_frame).await?;
+            }
+            if !full {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     /// The hub erased these conversations (or confirms it erased those this store told it
@@ -629,9 +627,6 @@ impl Link {
                     peer.forget(key);
                 }
             }
-        }
-        for id in &ids {
-            self.erasures_sent.remove(id);
         }
         // Not awaited: the writer answers when it committed; a failure is logged and the hub
         // says it again when the next manifest still lists the conversation.

@@ -244,6 +244,7 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, _permit: OwnedSemaphore
         local_manifest: Vec::new(),
         remote_manifest: Vec::new(),
         to_erase: Vec::new(),
+        erased: HashSet::new(),
         socket,
         max_frame,
     };
@@ -354,6 +355,9 @@ struct Session {
     remote_manifest: Vec<ManifestEntry>,
     /// Erased documents the store still holds: sent in `erase` frames before the next read.
     to_erase: Vec<DocumentKey>,
+    /// Documents erased during this session (a round of theirs may still be committing: its
+    /// answer is then `erased`, not a lost document).
+    erased: HashSet<DocumentKey>,
     socket: WebSocket,
     max_frame: usize,
 }
@@ -613,6 +617,7 @@ impl Session {
 
     /// Forgets everything this session holds about an erased document.
     fn drop_document(&mut self, key: &DocumentKey) {
+        self.erased.insert(key.clone());
         self.docs.remove(key);
         self.persisted.remove(key);
         self.rounds_since_save.remove(key);
@@ -633,24 +638,41 @@ impl Session {
         }
         let store = Arc::clone(&self.app.store);
         let mut allowed = Vec::with_capacity(docs.len());
+        let mut confirmed = Vec::with_capacity(docs.len());
         for key in docs {
             if key.conversation_id().is_none() {
                 continue;
             }
             let name = key.to_string();
-            match store.load_document(name.clone()).await {
-                Ok(Some((origin, _)))
-                    if origin != self.store_id
-                        && !self.app.shares.allows(&name, &self.store_id) =>
-                {
-                    tracing::warn!(store_id = %self.store_id, doc = %key, "a store asked to erase another store's conversation");
-                }
-                Ok(_) => allowed.push(key),
+            let origin = match store.load_document(name.clone()).await {
+                Ok(Some((origin, _))) => Some(origin),
+                // Not on disk: maybe its first round is still committing in this session.
+                Ok(None) => self
+                    .docs
+                    .get(&key)
+                    .and_then(|doc| doc.meta().ok())
+                    .map(|meta| meta.store_id),
                 Err(err) => {
                     tracing::error!(error = %err, "erase: loading");
                     return Next::Close("storage error");
                 }
+            };
+            match origin {
+                Some(origin)
+                    if origin == self.store_id || self.app.shares.allows(&name, &self.store_id) =>
+                {
+                    allowed.push(key.clone());
+                }
+                // Another store's conversation: not this store's to erase for the region.
+                Some(_) => {
+                    tracing::warn!(store_id = %self.store_id, doc = %key, "a store asked to erase another store's conversation; erased at that store only");
+                }
+                // Never reached the hub: nothing to erase here, and no region-wide tombstone
+                // (a store must not be able to block an id it does not hold).
+                None => {}
             }
+            // Every key is answered, so the store stops telling it.
+            confirmed.push(key);
         }
         let keys = allowed.iter().map(ToString::to_string).collect();
         let requested_by = format!("store:{}", self.store_id);
@@ -669,7 +691,7 @@ impl Session {
         for key in &allowed {
             self.drop_document(key);
         }
-        self.to_erase.extend(allowed);
+        self.to_erase.extend(confirmed);
         Next::Continue
     }
 
@@ -1058,6 +1080,15 @@ impl Session {
             }
         }
         let Some(conversation) = self.docs.get_mut(key) else {
+            if self.erased.contains(key) {
+                // Erased while its round was committing (the write was dropped at commit).
+                self.peer.on_error(key);
+                let answer = Self::doc_error(key, codes::ERASED, "the conversation was erased");
+                if self.send(&answer).await.is_err() {
+                    return Next::Close("send failed");
+                }
+                return Next::Continue;
+            }
             let _ = self.send(&Self::internal("document vanished")).await;
             return Next::Close("storage error");
         };

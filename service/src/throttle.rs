@@ -187,10 +187,13 @@ pub enum GuessKey {
     Name,
 }
 
-/// Names are compared as given but cut to this many bytes, so a key's size is bounded too.
+/// Names are compared trimmed and lowercased (the edge's usernames are case-insensitive:
+/// `Admin` and `ADMIN` are one account and share one budget), cut to this many bytes so a
+/// key's size is bounded too.
 const MAX_NAME_KEY_BYTES: usize = 128;
 
 fn name_key(name: &str) -> String {
+    let name = name.trim().to_lowercase();
     let mut end = name.len().min(MAX_NAME_KEY_BYTES);
     while !name.is_char_boundary(end) {
         end -= 1;

@@ -228,6 +228,19 @@ async fn a_customers_deletion_at_a_store_erases_every_copy_in_the_region() {
     let hub_entries = hub_entries.expect(200).to_string();
     assert!(hub_entries.contains("document_erased") && hub_entries.contains(&conv));
 
+    // Store B's admin cannot erase a conversation of store A that B never held: 404 at B, and
+    // nothing travels to the hub (A's conversation stays there and at A).
+    b.edge
+        .http()
+        .request(
+            "DELETE",
+            &format!("/api/conversations/{other_conv}"),
+            Some(&b.admin.token),
+            None,
+        )
+        .await
+        .expect_error(404, "not_found");
+
     // The other customer's conversation is untouched everywhere.
     assert_eq!(
         conversation_status(&a.edge, &a.admin, &other_conv).await,

@@ -730,8 +730,13 @@ impl HubStore for SqliteStore {
             };
             // The erased rows are zeroed in the database file (`secure_delete`); the WAL still
             // holds the pages as they were until it is copied back and truncated.
-            if let Err(err) = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-                tracing::warn!(error = %err, "truncating the WAL after an erasure");
+            match c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
+                Ok(0) => {}
+                // Busy: a reader still needs old pages; a later checkpoint overwrites them.
+                Ok(_) => tracing::warn!(
+                    "the WAL could not be truncated after an erasure (readers busy); a later checkpoint will"
+                ),
+                Err(err) => tracing::warn!(error = %err, "truncating the WAL after an erasure"),
             }
             Ok(erased)
         })

@@ -65,8 +65,16 @@ pub(super) fn run(conn: &mut Connection, state: &mut State, cmd: EraseCmd) {
         }
         // The freed pages are zeroed in the database file (`secure_delete`), but the WAL still
         // holds them as they were until it is copied back and truncated.
-        if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-            tracing::warn!(error = %err, "truncating the WAL after an erasure");
+        match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            Ok(0) => {}
+            // Busy: a reader still needs old pages. They stay in the WAL until a later
+            // checkpoint overwrites or truncates it (the final one at shutdown at the latest).
+            Ok(_) => tracing::warn!(
+                "the WAL could not be truncated after an erasure (readers busy); a later checkpoint will"
+            ),
+            Err(err) => tracing::warn!(error = %err, "truncating the WAL after an erasure"),
         }
         tracing::info!(count = erased.len(), reason = cmd.reason, requested_by = %cmd.requested_by, "erased conversations");
     }
@@ -129,18 +137,20 @@ fn erase(conn: &mut Connection, cmd: &EraseCmd) -> Result<Erased, ApiError> {
                 serde_json::json!({ "reason": cmd.reason }),
             )?;
         }
-        tx.prepare_cached(
-            "INSERT INTO erased_conversations (id, erased_at_ms, reason, requested_by, hub_told) \
-             VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT (id) DO UPDATE SET hub_told = max(hub_told, excluded.hub_told)",
-        )?
-        .execute(params![
-            key,
-            now,
-            cmd.reason,
-            cmd.requested_by,
-            cmd.hub_told
-        ])?;
+        // A tombstone for what was held here (or the hub's confirmation of one). An id this
+        // store never held gets none: it must not travel to the hub as an erasure, since
+        // another store's conversation is not this store's to erase.
+        if erased.last() == Some(id) {
+            tx.prepare_cached(
+                "INSERT INTO erased_conversations (id, erased_at_ms, reason, requested_by, hub_told) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (id) DO UPDATE SET hub_told = max(hub_told, excluded.hub_told)",
+            )?
+            .execute(params![key, now, cmd.reason, cmd.requested_by, cmd.hub_told])?;
+        } else if cmd.hub_told {
+            tx.prepare_cached("UPDATE erased_conversations SET hub_told = 1 WHERE id = ?1")?
+                .execute([&key])?;
+        }
     }
     if let Some(customer) = &cmd.customer {
         tx.prepare_cached("DELETE FROM handoffs WHERE customer_id = ?1")?
