@@ -50,6 +50,11 @@ pub struct Limits {
     pub max_document_bytes: usize,
     /// Conversation documents kept in the writer's memory (LRU); others are loaded on demand.
     pub max_hot_documents: usize,
+    /// SQLite page cache of the writer connection, in KiB: it touches every conversation's
+    /// pages, so it gets the larger share. Part of the process's resident memory.
+    pub writer_page_cache_kib: u32,
+    /// SQLite page cache of each reader connection (history pages, lists), in KiB.
+    pub reader_page_cache_kib: u32,
     /// History frames replayed for one `resume`; the client resumes again for more.
     pub max_history_frames: usize,
     /// Items per page of the HTTP API.
@@ -158,6 +163,8 @@ impl Default for Limits {
             max_messages_per_conversation: 20_000,
             max_document_bytes: 8 * 1024 * 1024,
             max_hot_documents: 2048,
+            writer_page_cache_kib: 64_000,
+            reader_page_cache_kib: 8_000,
             max_history_frames: 1000,
             max_page_items: 500,
             max_erase_batch_documents: 256,
@@ -211,6 +218,8 @@ impl Limits {
             ("max_batch_commands", self.max_batch_commands),
             ("max_connections", self.max_connections),
             ("max_hot_documents", self.max_hot_documents),
+            ("writer_page_cache_kib", self.writer_page_cache_kib as usize),
+            ("reader_page_cache_kib", self.reader_page_cache_kib as usize),
             ("max_history_frames", self.max_history_frames),
             ("max_page_items", self.max_page_items),
             ("max_erase_batch_documents", self.max_erase_batch_documents),

@@ -50,7 +50,7 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
     if rolled_back.is_some() {
         store::restore_after_rollback(&db_path)?;
     }
-    let conn = store::open(&db_path)?;
+    let conn = store::open(&db_path, config.limits.writer_page_cache_kib)?;
     let fresh = queries::count_staff(&conn).map_err(|e| StartError::Other(e.message))? == 0;
     if fresh {
         create_first_admin(&conn, &config)?;
@@ -82,7 +82,12 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
             path: config.data.clone(),
             source,
         })?;
-    let reader = Reader::open(&db_path, READER_THREADS, config.limits.max_read_queue)?;
+    let reader = Reader::open(
+        &db_path,
+        READER_THREADS,
+        config.limits.max_read_queue,
+        config.limits.reader_page_cache_kib,
+    )?;
     let (stop_checkpoints, checkpoint_stop) = std::sync::mpsc::channel();
     let checkpoint_thread = aisle_service::checkpoint::start(&db_path, checkpoint_stop)?;
     let delivery = Arc::new(Delivery::new());

@@ -212,12 +212,12 @@ async fn redeem_code(
     if origin_store != store_id {
         app.shares.add(&doc_key, &store_id);
     }
-    let (_, bytes) = app
+    let stored = app
         .store
         .load_document(doc_key.clone())
         .await?
         .ok_or_else(|| ApiError::internal("a shared document vanished"))?;
-    let meta = Conversation::load(&bytes)
+    let meta = Conversation::load(&stored.bytes)
         .and_then(|doc| doc.meta())
         .map_err(ApiError::internal)?;
     tracing::info!(doc = %doc_key, from = %origin_store, to = %store_id, "conversation continued at another store");
@@ -226,6 +226,6 @@ async fn redeem_code(
         "conversation_id": meta.id,
         "customer_id": meta.customer,
         "origin_store": origin_store,
-        "document": base64::engine::general_purpose::STANDARD.encode(&bytes),
+        "document": base64::engine::general_purpose::STANDARD.encode(&stored.bytes),
     })))
 }

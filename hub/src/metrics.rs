@@ -17,6 +17,10 @@ pub struct Metrics {
     /// Documents held by the hub (set at start, raised when a new one is stored).
     pub documents: IntGauge,
     pub chunks_stored: IntCounter,
+    /// Synced rounds whose document another session or replica had written meanwhile.
+    pub stale_writes: IntCounter,
+    /// Changes heard from other hub replicas on the same database, by kind.
+    pub replica_events: IntCounterVec,
     pub continuations: IntCounter,
     /// Synced rounds stored without their HQ projection (a record did not decode).
     pub projection_failures: IntCounter,
@@ -63,6 +67,17 @@ impl Metrics {
             "Document chunks committed (one per received change set)",
         )
         .expect("metric");
+        let stale_writes = IntCounter::new(
+            "aisle_hub_stale_writes_total",
+            "Synced rounds whose document had been written by another session or hub replica \
+             since the writing session loaded it (appended, merged, nothing lost)",
+        )
+        .expect("metric");
+        let replica_events = counter_vec(
+            "aisle_hub_replica_events_total",
+            "Changes heard from other hub replicas sharing the database, by kind",
+            "kind",
+        );
         let projection_failures = IntCounter::new(
             "aisle_hub_projection_failures_total",
             "Synced rounds stored without their HQ projection (a record did not decode)",
@@ -99,6 +114,8 @@ impl Metrics {
             Box::new(frames_out.clone()),
             Box::new(documents.clone()),
             Box::new(chunks_stored.clone()),
+            Box::new(stale_writes.clone()),
+            Box::new(replica_events.clone()),
             Box::new(continuations.clone()),
             Box::new(projection_failures.clone()),
             Box::new(refused.clone()),
@@ -116,6 +133,8 @@ impl Metrics {
             frames_out,
             documents,
             chunks_stored,
+            stale_writes,
+            replica_events,
             continuations,
             projection_failures,
             refused,

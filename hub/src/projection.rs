@@ -230,10 +230,10 @@ pub async fn backfill(store: &dyn HubStore) -> StoreResult<usize> {
     let keys = store.unprojected_documents().await?;
     let mut projected = 0;
     for key in keys {
-        let Some((_, bytes)) = store.load_document(key.clone()).await? else {
+        let Some(stored) = store.load_document(key.clone()).await? else {
             continue;
         };
-        let mut conversation = match Conversation::load(&bytes) {
+        let mut conversation = match Conversation::load(&stored.bytes) {
             Ok(conversation) => conversation,
             Err(err) => {
                 tracing::error!(doc = %key, error = %err, "a stored document did not load");

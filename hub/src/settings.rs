@@ -41,7 +41,9 @@ async fn load(app: &App, store_id: &str) -> Result<Option<Settings>, ApiError> {
     let key = key_of(store_id)?;
     match app.store.load_document(key.to_string()).await? {
         None => Ok(None),
-        Some((_, bytes)) => Settings::load(&bytes).map(Some).map_err(ApiError::internal),
+        Some(stored) => Settings::load(&stored.bytes)
+            .map(Some)
+            .map_err(ApiError::internal),
     }
 }
 

@@ -23,7 +23,7 @@ use futures_util::stream::FuturesOrdered;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::metrics::METRICS;
-use crate::store::{StoreResult, SyncWrite};
+use crate::store::{StoreResult, SyncSaved, SyncWrite};
 use crate::{App, auth, now_ms, projection};
 
 /// The connected stores: at most one sync connection each (a newer one replaces the older).
@@ -241,6 +241,7 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, _permit: OwnedSemaphore
         saving_keys: HashSet::new(),
         rounds_since_save: HashMap::new(),
         persisted: HashSet::new(),
+        versions: HashMap::new(),
         local_manifest: Vec::new(),
         remote_manifest: Vec::new(),
         to_erase: Vec::new(),
@@ -344,13 +345,17 @@ struct Session {
     /// The store's settings document, once loaded (HQ's canned replies).
     settings: Option<Settings>,
     /// Rounds whose write is committing, in arrival order (answered in that order).
-    saving: FuturesOrdered<BoxFuture<'static, (Saved, StoreResult<bool>)>>,
+    saving: FuturesOrdered<BoxFuture<'static, (Saved, StoreResult<SyncSaved>)>>,
     /// Their documents: not pushed, trimmed or re-sent before the write is on disk.
     saving_keys: HashSet<DocumentKey>,
     /// Rounds stored per document since its last full save (compaction).
     rounds_since_save: HashMap<DocumentKey, u32>,
     /// Documents the hub holds on disk (their next chunk is incremental).
     persisted: HashSet<DocumentKey>,
+    /// The stored version each copy in `docs` (and `settings`) holds entirely: the
+    /// compare-and-swap of `HubStore::save_synced`. Another session, here or at another hub
+    /// replica, may write the same document (a conversation continued at two stores).
+    versions: HashMap<DocumentKey, i64>,
     local_manifest: Vec<ManifestEntry>,
     remote_manifest: Vec<ManifestEntry>,
     /// Erased documents the store still holds: sent in `erase` frames before the next read.
@@ -374,7 +379,7 @@ enum Reply {
     /// At once (nothing to store, or an error).
     Now(Frame),
     /// When the write committed.
-    AfterSave(BoxFuture<'static, StoreResult<bool>>, Saved),
+    AfterSave(BoxFuture<'static, StoreResult<SyncSaved>>, Saved),
 }
 
 /// A round waiting for its write.
@@ -619,6 +624,7 @@ impl Session {
     fn drop_document(&mut self, key: &DocumentKey) {
         self.erased.insert(key.clone());
         self.docs.remove(key);
+        self.versions.remove(key);
         self.persisted.remove(key);
         self.rounds_since_save.remove(key);
         if !self.peer.is_awaiting(key) {
@@ -645,7 +651,7 @@ impl Session {
             }
             let name = key.to_string();
             let origin = match store.load_document(name.clone()).await {
-                Ok(Some((origin, _))) => Some(origin),
+                Ok(Some(doc)) => Some(doc.origin_store),
                 // Not on disk: maybe its first round is still committing in this session.
                 Ok(None) => self
                     .docs
@@ -736,7 +742,7 @@ impl Session {
     /// stored changes) and loads the store's sync state for it.
     async fn refresh(&mut self, key: &DocumentKey) -> Result<(), &'static str> {
         let store = Arc::clone(&self.app.store);
-        let Some((_, bytes)) = store.load_document(key.to_string()).await.map_err(|err| {
+        let Some(loaded) = store.load_document(key.to_string()).await.map_err(|err| {
             tracing::error!(error = %err, "loading a document to push");
             "storage error"
         })?
@@ -747,7 +753,7 @@ impl Session {
             if *store != self.store_id {
                 return Ok(());
             }
-            let mut stored = match Settings::load(&bytes) {
+            let mut stored = match Settings::load(&loaded.bytes) {
                 Ok(doc) => doc,
                 Err(err) => {
                     tracing::error!(doc = %key, error = %err, "stored settings do not load");
@@ -765,9 +771,10 @@ impl Session {
                 None => self.settings = Some(stored),
             }
             self.persisted.insert(key.clone());
+            self.versions.insert(key.clone(), loaded.version);
             return self.load_sync_state(key).await;
         }
-        let mut stored = match Conversation::load(&bytes) {
+        let mut stored = match Conversation::load(&loaded.bytes) {
             Ok(doc) => doc,
             Err(err) => {
                 tracing::error!(doc = %key, error = %err, "a stored document does not load");
@@ -789,6 +796,7 @@ impl Session {
             }
         }
         self.persisted.insert(key.clone());
+        self.versions.insert(key.clone(), loaded.version);
         self.load_sync_state(key).await
     }
 
@@ -861,14 +869,24 @@ impl Session {
             projection: None,
             now_ms: now_ms(),
             replace_chunks: false,
+            expected_version: self.versions.get(key).copied(),
         };
-        if let Err(err) = self.app.store.save_synced(write).await {
-            self.settings = None;
-            return Err(Self::internal(err));
-        }
+        let saved = match self.app.store.save_synced(write).await {
+            Ok(saved) => saved,
+            Err(err) => {
+                self.settings = None;
+                return Err(Self::internal(err));
+            }
+        };
         self.persisted.insert(key.clone());
+        self.versions.insert(key.clone(), saved.version);
         let doc = self.settings.as_mut().expect("set above");
-        Ok(self.peer.answer(key, doc))
+        let answer = self.peer.answer(key, doc);
+        if saved.stale {
+            // HQ wrote the settings meanwhile (here or at another replica): reload next time.
+            self.settings = None;
+        }
+        Ok(answer)
     }
 
     /// The stores other than this one that sync `key` (its origin and the stores it was
@@ -924,8 +942,8 @@ impl Session {
         if !self.docs.contains_key(key) {
             let conversation = match store.load_document(key.to_string()).await {
                 Err(err) => return Err(Self::internal(err)),
-                Ok(Some((origin, _)))
-                    if origin != self.store_id
+                Ok(Some(stored))
+                    if stored.origin_store != self.store_id
                         && !self.app.shares.allows(&key.to_string(), &self.store_id) =>
                 {
                     self.peer.on_error(key);
@@ -935,9 +953,10 @@ impl Session {
                         "the conversation belongs to another store",
                     ));
                 }
-                Ok(Some((_, bytes))) => {
+                Ok(Some(stored)) => {
                     self.persisted.insert(key.clone());
-                    Conversation::load(&bytes).map_err(Self::internal)?
+                    self.versions.insert(key.clone(), stored.version);
+                    Conversation::load(&stored.bytes).map_err(Self::internal)?
                 }
                 Ok(None) => {
                     match store.erased(vec![key.to_string()]).await {
@@ -1044,6 +1063,7 @@ impl Session {
             projection,
             now_ms: now_ms(),
             replace_chunks: compact,
+            expected_version: self.versions.get(key).copied(),
         };
         let saved = Saved {
             key: key.clone(),
@@ -1057,13 +1077,18 @@ impl Session {
     }
 
     /// A round's write committed (or failed): answer it.
-    async fn on_saved(&mut self, saved: Saved, result: StoreResult<bool>) -> Next {
+    async fn on_saved(&mut self, saved: Saved, result: StoreResult<SyncSaved>) -> Next {
         let key = &saved.key;
         self.saving_keys.remove(key);
+        let mut stale = false;
         match result {
-            Ok(created) => {
-                if created {
+            Ok(saved_round) => {
+                if saved_round.created {
                     METRICS.documents.inc();
+                }
+                self.versions.insert(key.clone(), saved_round.version);
+                if saved_round.stale {
+                    stale = true;
                 }
                 if saved.stored_chunk {
                     METRICS.chunks_stored.inc();
@@ -1093,6 +1118,16 @@ impl Session {
             return Next::Close("storage error");
         };
         let answer = self.peer.answer(key, conversation);
+        if stale {
+            // Another session (another store continuing the conversation, or a session at
+            // another hub replica) wrote it since this copy was loaded: nothing was lost (the
+            // chunk was appended), but this copy lacks their changes. It reloads, and the
+            // store is offered the merged document.
+            self.docs.remove(key);
+            self.versions.remove(key);
+            self.peer.want(key.clone());
+            METRICS.stale_writes.inc();
+        }
         self.trim_documents(key);
         if self.send(&answer).await.is_err() {
             return Next::Close("send failed");
@@ -1123,6 +1158,7 @@ impl Session {
             .collect();
         for key in drop {
             self.docs.remove(&key);
+            self.versions.remove(&key);
         }
     }
 }

@@ -56,14 +56,14 @@ pub fn restore_after_rollback(path: &Path) -> Result<bool, StartError> {
 }
 
 /// Opens (creating if needed) the database, applies migrations and returns the write
-/// connection.
-pub fn open(path: &Path) -> Result<Connection, StartError> {
+/// connection, with a page cache of `page_cache_kib`.
+pub fn open(path: &Path, page_cache_kib: u32) -> Result<Connection, StartError> {
     let mut conn = Connection::open(path)?;
     schema::configure(&conn)?;
     schema::migrate(&mut conn)?;
     // Checkpoints run on their own thread (checkpoint.rs), not inside the writer's commits;
     // and the writer gets a larger page cache (it touches every conversation's pages).
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    conn.pragma_update(None, "cache_size", -64_000)?;
+    conn.pragma_update(None, "cache_size", -i64::from(page_cache_kib))?;
     Ok(conn)
 }

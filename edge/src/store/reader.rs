@@ -21,8 +21,14 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Opens `threads` read-only connections. `queue` bounds the jobs waiting for a thread.
-    pub fn open(path: &Path, threads: usize, queue: usize) -> rusqlite::Result<Self> {
+    /// Opens `threads` read-only connections, each with a page cache of `page_cache_kib`.
+    /// `queue` bounds the jobs waiting for a thread.
+    pub fn open(
+        path: &Path,
+        threads: usize,
+        queue: usize,
+        page_cache_kib: u32,
+    ) -> rusqlite::Result<Self> {
         let (jobs, rx) = sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
         for index in 0..threads {
@@ -31,7 +37,7 @@ impl Reader {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
             conn.pragma_update(None, "busy_timeout", 5000)?;
-            conn.pragma_update(None, "cache_size", -8_000)?;
+            conn.pragma_update(None, "cache_size", -i64::from(page_cache_kib))?;
             let rx = Arc::clone(&rx);
             std::thread::Builder::new()
                 .name(format!("sqlite-reader-{index}"))

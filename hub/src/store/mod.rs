@@ -29,8 +29,29 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// One manifest entry as stored: the document key and its heads (32 bytes each, concatenated).
 pub type ManifestRow = (String, Vec<u8>);
-/// A stored document: its origin store and its chunks concatenated.
-pub type StoredDocument = (String, Vec<u8>);
+/// A stored document.
+#[derive(Clone, Debug)]
+pub struct StoredDocument {
+    /// The store the document belongs to.
+    pub origin_store: String,
+    /// Its chunks concatenated (loadable by `Conversation::load`).
+    pub bytes: Vec<u8>,
+    /// Bumped by every write of the document (see [`SyncWrite::expected_version`]).
+    pub version: i64,
+}
+
+/// What [`HubStore::save_synced`] came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncSaved {
+    /// The document was new.
+    pub created: bool,
+    /// The document's version after the write.
+    pub version: i64,
+    /// The document had been written by someone else since `expected_version`: the chunk was
+    /// appended (never a replacement), the stored heads are the union of both sides', and the
+    /// writer's copy lacks what the other wrote, so it must reload before it is trusted again.
+    pub stale: bool,
+}
 
 /// An HQ account as the API needs it.
 #[derive(Clone, Debug)]
@@ -92,7 +113,12 @@ pub struct SyncWrite {
     /// `PeerSync::save_state` for (store, document).
     pub sync_state: Vec<u8>,
     /// `chunk` is a full save that replaces every stored chunk of the document (compaction).
+    /// Honoured only when the stored version is `expected_version`, so a compaction never
+    /// drops chunks another session or another hub replica appended meanwhile.
     pub replace_chunks: bool,
+    /// The version of the stored document this session's copy holds entirely (from its load
+    /// or its last write); `None` for a document it never loaded.
+    pub expected_version: Option<i64>,
     /// The HQ rows this round changes (`None`: the round brought no record).
     pub projection: Option<Projection>,
     pub now_ms: u64,
@@ -277,6 +303,19 @@ pub struct Figures {
     pub by_intent: std::collections::BTreeMap<String, GroupFigures>,
 }
 
+/// Length of one head (an Automerge change hash) in a concatenated heads column.
+pub const HEAD_BYTES: usize = 32;
+
+/// The union of two concatenated heads lists, sorted and without repeats: what a document holds
+/// after two writers appended changes neither had seen. Some of the hashes may be ancestors of
+/// others; that costs a store one sync round that finds nothing to exchange, never a change.
+pub fn union_heads(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut heads: Vec<&[u8]> = a.chunks(HEAD_BYTES).chain(b.chunks(HEAD_BYTES)).collect();
+    heads.sort_unstable();
+    heads.dedup();
+    heads.concat()
+}
+
 /// The hub's storage.
 pub trait HubStore: Send + Sync + 'static {
     fn count_accounts(&self) -> BoxFuture<'_, StoreResult<u64>>;
@@ -324,9 +363,10 @@ pub trait HubStore: Send + Sync + 'static {
         store_id: String,
         doc_key: String,
     ) -> BoxFuture<'_, StoreResult<Option<Vec<u8>>>>;
-    /// Appends the chunk, updates the heads, then the sync state, in one transaction; `true` if
-    /// the document was new.
-    fn save_synced(&self, write: SyncWrite) -> BoxFuture<'_, StoreResult<bool>>;
+    /// Appends the chunk, updates the heads and the version, then the sync state, in one
+    /// transaction. A compare-and-swap on the version: when the document moved past
+    /// `expected_version` the write still loses nothing (see [`SyncSaved::stale`]).
+    fn save_synced(&self, write: SyncWrite) -> BoxFuture<'_, StoreResult<SyncSaved>>;
     fn count_documents(&self) -> BoxFuture<'_, StoreResult<u64>>;
 
     /// Registers a hand-off code issued by `store_id` (idempotent for the same code).
@@ -341,6 +381,9 @@ pub trait HubStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, StoreResult<Redeemed>>;
     /// Every (document, store) share, for the hub's in-memory map of who syncs what.
     fn shares(&self) -> BoxFuture<'_, StoreResult<Vec<(String, String)>>>;
+    /// The stores `doc_key` is shared with (not its origin): the check behind the in-memory
+    /// map when it says no, since another replica may have shared it a moment ago.
+    fn shared_with(&self, doc_key: String) -> BoxFuture<'_, StoreResult<Vec<String>>>;
     /// Appends a chunk of a document written at the hub itself (HQ's settings), creating the
     /// document row if needed.
     fn save_document(
@@ -390,6 +433,38 @@ pub trait HubStore: Send + Sync + 'static {
         resolved_before_ms: u64,
         limit: usize,
     ) -> BoxFuture<'_, StoreResult<Vec<String>>>;
+
+    /// The hub's storage identity, which every replica on the database shares (stores key
+    /// their sync states by it): the stored one, or `proposed` stored now if there is none.
+    fn identity(&self, proposed: String) -> BoxFuture<'_, StoreResult<String>>;
+    /// Changes committed by other hub processes on the same database (replicas on one
+    /// PostgreSQL), for the in-memory state this process keeps: which stores to push a document
+    /// to, who shares what, which connection to close. `None` when only this process writes.
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<ReplicaEvent>> {
+        None
+    }
+}
+
+/// A change committed by another hub replica, as [`HubStore::events`] tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaEvent {
+    /// A document's chunks changed (a synced round, HQ's settings edit).
+    DocumentChanged {
+        doc_key: String,
+        origin_store: String,
+    },
+    /// A document was shared with a store (a redeemed hand-off code).
+    Shared { doc_key: String, store_id: String },
+    /// A document was erased; `holders` are the stores that held a copy.
+    Erased {
+        doc_key: String,
+        holders: Vec<String>,
+    },
+    /// A store was revoked: its sync connection, wherever it is, must close.
+    Revoked { store_id: String },
+    /// Events may have been missed (the listening connection was lost and is back): every
+    /// piece of in-memory state must be rebuilt from the database.
+    Resync,
 }
 
 /// Documents to erase, and why.

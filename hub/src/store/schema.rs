@@ -174,6 +174,12 @@ CREATE TABLE erased_documents (
 -- only marks them, and the text stays on disk until segments merge).
 INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1);
 "#,
+    // 7: a version per document, bumped by every write: a session (of this hub or of another
+    // replica on the same database) knows whether its copy holds everything stored, and a
+    // compaction replaces chunks only when it does (the compare-and-swap of HubStore::save_synced).
+    r#"
+ALTER TABLE documents ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 pub fn configure(conn: &Connection) -> Result<(), StoreError> {

@@ -16,7 +16,7 @@ use super::{
     EnrollOutcome, ErasedDocument, Erasure, Figures, FiguresQuery, GroupFigures, HourVolume,
     HubStore, ManifestRow, NewHandoff, NewStore, ParticipantView, Redeemed, SearchHit,
     SearchMethod, SearchQuery, Sender, StoreError, StoreRecord, StoreResult, StoredDocument,
-    SyncWrite, TranscriptMessage, schema,
+    SyncSaved, SyncWrite, TranscriptMessage, schema,
 };
 use crate::audit::{self, Anchor, AuditLog, Entry, Record};
 use crate::projection::Projection;
@@ -95,7 +95,7 @@ const MAX_SYNC_BATCH: usize = 256;
 /// group-committed with the other rounds waiting (one fsync for many stores' rounds).
 enum Work {
     Job(Job),
-    Synced(Box<SyncWrite>, oneshot::Sender<StoreResult<bool>>),
+    Synced(Box<SyncWrite>, oneshot::Sender<StoreResult<SyncSaved>>),
 }
 
 /// The one writer thread.
@@ -169,7 +169,7 @@ impl Writer {
         .boxed()
     }
 
-    fn synced(&self, write: SyncWrite) -> BoxFuture<'static, StoreResult<bool>> {
+    fn synced(&self, write: SyncWrite) -> BoxFuture<'static, StoreResult<SyncSaved>> {
         let (tx, rx) = oneshot::channel();
         let sent = self.send(Work::Synced(Box::new(write), tx));
         async move {
@@ -193,9 +193,9 @@ impl Writer {
 /// drop their in-memory copies and the stores retry).
 fn commit_synced(
     conn: &mut Connection,
-    batch: Vec<(Box<SyncWrite>, oneshot::Sender<StoreResult<bool>>)>,
+    batch: Vec<(Box<SyncWrite>, oneshot::Sender<StoreResult<SyncSaved>>)>,
 ) {
-    let result = (|| -> StoreResult<Vec<bool>> {
+    let result = (|| -> StoreResult<Vec<SyncSaved>> {
         let tx = conn.transaction()?;
         let indexed = last_message_seq(&tx)?;
         let mut created = Vec::with_capacity(batch.len());
@@ -247,28 +247,48 @@ fn index_new_messages(tx: &rusqlite::Transaction<'_>, after_seq: i64) -> rusqlit
     Ok(())
 }
 
-/// One synced round: the document row and chunk, the sync state, the HQ projection. Returns whether the document is new.
-fn write_synced(tx: &rusqlite::Transaction<'_>, w: &SyncWrite) -> StoreResult<bool> {
+/// One synced round: the document row and chunk, the sync state, the HQ projection.
+fn write_synced(tx: &rusqlite::Transaction<'_>, w: &SyncWrite) -> StoreResult<SyncSaved> {
     // A round that raced an erasure of its document is dropped, never written back: the store
     // that sent it is told to erase its copy (sync.rs).
     if tx
         .prepare_cached("SELECT 1 FROM erased_documents WHERE doc_key = ?1")?
         .exists([&w.doc_key])?
     {
-        return Ok(false);
+        return Ok(SyncSaved {
+            created: false,
+            version: 0,
+            stale: false,
+        });
     }
-    let created = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO documents (key, origin_store, heads, created_at_ms, \
-             updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
-        )?
-        .execute(params![w.doc_key, w.origin_store, w.heads, w.now_ms as i64])?
-        == 1;
-    if !created {
-        tx.prepare_cached("UPDATE documents SET heads = ?2, updated_at_ms = ?3 WHERE key = ?1")?
-            .execute(params![w.doc_key, w.heads, w.now_ms as i64])?;
-    }
-    if w.replace_chunks {
+    let stored: Option<(i64, Vec<u8>)> = tx
+        .prepare_cached("SELECT version, heads FROM documents WHERE key = ?1")?
+        .query_row([&w.doc_key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (created, stale, version) = match stored {
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO documents (key, origin_store, heads, created_at_ms, updated_at_ms, \
+                 version) VALUES (?1, ?2, ?3, ?4, ?4, 1)",
+            )?
+            .execute(params![w.doc_key, w.origin_store, w.heads, w.now_ms as i64])?;
+            (true, false, 1)
+        }
+        Some((version, stored_heads)) => {
+            let stale = w.expected_version != Some(version);
+            let heads = if stale {
+                super::union_heads(&stored_heads, &w.heads)
+            } else {
+                w.heads.clone()
+            };
+            tx.prepare_cached(
+                "UPDATE documents SET heads = ?2, updated_at_ms = ?3, version = ?4 WHERE key = ?1",
+            )?
+            .execute(params![w.doc_key, heads, w.now_ms as i64, version + 1])?;
+            (false, stale, version + 1)
+        }
+    };
+    if w.replace_chunks && !stale {
         tx.prepare_cached("DELETE FROM doc_chunks WHERE doc_key = ?1")?
             .execute([&w.doc_key])?;
     }
@@ -287,7 +307,11 @@ fn write_synced(tx: &rusqlite::Transaction<'_>, w: &SyncWrite) -> StoreResult<bo
     if let Some(projection) = &w.projection {
         write_projection(tx, projection)?;
     }
-    Ok(created)
+    Ok(SyncSaved {
+        created,
+        version,
+        stale,
+    })
 }
 
 pub struct SqliteStore {
@@ -496,11 +520,11 @@ impl HubStore for SqliteStore {
     fn load_document(&self, doc_key: String) -> BoxFuture<'_, StoreResult<Option<StoredDocument>>> {
         self.readers.run(move |c| {
             let tx = c.transaction()?;
-            let Some(origin) = tx
+            let Some((origin_store, version)) = tx
                 .query_row(
-                    "SELECT origin_store FROM documents WHERE key = ?1",
+                    "SELECT origin_store, version FROM documents WHERE key = ?1",
                     [&doc_key],
-                    |r| r.get::<_, String>(0),
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
                 )
                 .optional()?
             else {
@@ -515,7 +539,11 @@ impl HubStore for SqliteStore {
                     bytes.extend_from_slice(&row.get::<_, Vec<u8>>(0)?);
                 }
             }
-            Ok(Some((origin, bytes)))
+            Ok(Some(StoredDocument {
+                origin_store,
+                bytes,
+                version,
+            }))
         })
     }
 
@@ -534,7 +562,7 @@ impl HubStore for SqliteStore {
         })
     }
 
-    fn save_synced(&self, w: SyncWrite) -> BoxFuture<'_, StoreResult<bool>> {
+    fn save_synced(&self, w: SyncWrite) -> BoxFuture<'_, StoreResult<SyncSaved>> {
         self.writer.synced(w)
     }
 
@@ -640,6 +668,21 @@ impl HubStore for SqliteStore {
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
+    }
+
+    fn shared_with(&self, doc_key: String) -> BoxFuture<'_, StoreResult<Vec<String>>> {
+        self.readers.run(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT store_id FROM shares WHERE doc_key = ?1 ORDER BY 1")?;
+            let rows = stmt.query_map([&doc_key], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// The file in the data directory is the identity of a SQLite hub (kept by `server.rs`
+    /// since the first version); one process owns the file, so it is taken as it is.
+    fn identity(&self, proposed: String) -> BoxFuture<'_, StoreResult<String>> {
+        Box::pin(async move { Ok(proposed) })
     }
 
     fn count_documents(&self) -> BoxFuture<'_, StoreResult<u64>> {
@@ -898,7 +941,7 @@ fn store_document(
         "INSERT INTO documents (key, origin_store, heads, created_at_ms, updated_at_ms) \
          VALUES (?1, ?2, ?3, ?4, ?4) \
          ON CONFLICT (key) DO UPDATE SET heads = excluded.heads, \
-         updated_at_ms = excluded.updated_at_ms",
+         updated_at_ms = excluded.updated_at_ms, version = version + 1",
         params![doc_key, origin_store, heads, now_ms as i64],
     )?;
     if !chunk.is_empty() {
@@ -1625,23 +1668,64 @@ mod tests {
             projection: None,
             now_ms: 3,
             replace_chunks: false,
+            expected_version: None,
         };
-        assert!(store.save_synced(write.clone()).await.unwrap());
-        assert!(
-            !store
-                .save_synced(SyncWrite {
-                    chunk: vec![3],
-                    ..write
-                })
-                .await
-                .unwrap()
-        );
-        let (origin, bytes) = store
+        let first = store.save_synced(write.clone()).await.unwrap();
+        assert!(first.created && !first.stale, "{first:?}");
+        let second = store
+            .save_synced(SyncWrite {
+                chunk: vec![3],
+                expected_version: Some(first.version),
+                ..write.clone()
+            })
+            .await
+            .unwrap();
+        assert!(!second.created && !second.stale, "{second:?}");
+        let stored = store
             .load_document("conversation:x".into())
             .await
             .unwrap()
             .unwrap();
-        assert_eq!((origin.as_str(), bytes), ("s1", vec![1, 2, 3]));
+        assert_eq!(
+            (stored.origin_store.as_str(), stored.bytes, stored.version),
+            ("s1", vec![1, 2, 3], second.version)
+        );
+        // A second writer that loaded the first version compacts: the compare-and-swap on the
+        // version turns its replacement into an append, so chunk 3 survives, and the stored
+        // heads are both writers' heads.
+        let racing = store
+            .save_synced(SyncWrite {
+                chunk: vec![9],
+                heads: vec![8; 32],
+                replace_chunks: true,
+                expected_version: Some(first.version),
+                ..write.clone()
+            })
+            .await
+            .unwrap();
+        assert!(racing.stale, "{racing:?}");
+        let stored = store
+            .load_document("conversation:x".into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.bytes, vec![1, 2, 3, 9]);
+        let manifest = store.manifest("s1".into()).await.unwrap();
+        assert_eq!(manifest[0].1, [vec![7; 32], vec![8; 32]].concat());
+        // With the version it holds, a compaction replaces every chunk.
+        let compacted = store
+            .save_synced(SyncWrite {
+                chunk: vec![1, 2, 3, 9],
+                heads: vec![8; 32],
+                replace_chunks: true,
+                expected_version: Some(racing.version),
+                ..write
+            })
+            .await
+            .unwrap();
+        assert!(!compacted.stale, "{compacted:?}");
+        let manifest = store.manifest("s1".into()).await.unwrap();
+        assert_eq!(manifest[0].1, vec![8; 32]);
         assert_eq!(store.manifest("s1".into()).await.unwrap().len(), 1);
         assert_eq!(store.count_documents().await.unwrap(), 1);
         store.stop();
@@ -1733,6 +1817,7 @@ mod tests {
             projection: Some(projection.clone()),
             now_ms: 1,
             replace_chunks: false,
+            expected_version: None,
         };
         // The first round twice (a repeated record), then the resolve.
         for p in [&first, &first, &second] {
@@ -1839,6 +1924,7 @@ mod tests {
                 projection: None,
                 now_ms: 1,
                 replace_chunks: false,
+                expected_version: None,
             })
             .await
             .unwrap();
