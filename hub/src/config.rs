@@ -22,6 +22,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory holding the SQLite database and the hub id.
     pub data: PathBuf,
+    /// Where the hub's data lives. Unset: the SQLite file `<data>/aisle-hub.db` (one hub
+    /// process). `postgres://user:password@host:port/dbname`: a PostgreSQL database that
+    /// several `aisle-hub` replicas share behind a load balancer (docs/deploy-region.md).
+    pub database: Option<String>,
     /// The region this hub serves; stores enrolled here belong to it. Required in production,
     /// `default` in development.
     pub region: String,
@@ -72,6 +76,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             data: PathBuf::from("data/hub"),
+            database: None,
             region: DEV_REGION.into(),
             first_admin_password: None,
             log: "info".into(),
@@ -91,6 +96,7 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data: Option<PathBuf>,
     pub region: Option<String>,
+    pub database: Option<String>,
 }
 
 pub use aisle_service::config::ConfigError;
@@ -106,6 +112,9 @@ impl Config {
         }
         if let Some(region) = &overrides.region {
             config.region = region.clone();
+        }
+        if let Some(database) = &overrides.database {
+            config.database = Some(database.clone());
         }
         config.validate()?;
         Ok(config)
@@ -134,6 +143,13 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "first_admin_password needs at least 8 characters".into(),
+            ));
+        }
+        if let Some(url) = &self.database
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid(
+                "database must be a postgres:// URL (or unset for the SQLite file in data)".into(),
             ));
         }
         if self.retention.sweep_interval_secs == 0 {
@@ -175,6 +191,7 @@ mod tests {
             listen: Some("127.0.0.1:9100".parse().unwrap()),
             data: Some("/tmp/x".into()),
             region: Some("us-east".into()),
+            database: None,
         };
         let config = Config::load(Some(&file), &overrides).unwrap();
         assert_eq!(config.listen.port(), 9100);

@@ -56,6 +56,16 @@ impl Shares {
         }
     }
 
+    /// Replaces the whole map with the database's (another replica's changes may have been
+    /// missed).
+    pub fn reload(&self, rows: Vec<(String, String)>) {
+        let fresh = Self::load(rows);
+        let fresh = fresh.by_doc.into_inner().unwrap_or_default();
+        if let Ok(mut map) = self.by_doc.write() {
+            *map = fresh;
+        }
+    }
+
     /// Forgets an erased document.
     pub fn remove(&self, doc_key: &str) {
         if let Ok(mut map) = self.by_doc.write() {

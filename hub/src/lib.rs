@@ -22,6 +22,7 @@ pub mod hq;
 pub mod limits;
 pub mod metrics;
 pub mod projection;
+pub mod replica;
 pub mod server;
 pub mod settings;
 pub mod store;

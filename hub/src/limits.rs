@@ -21,8 +21,16 @@ pub struct Limits {
     pub max_http_body_bytes: usize,
     /// Argon2 computations running at once (each takes ~19 MiB and tens of milliseconds).
     pub max_concurrent_password_hashes: usize,
-    /// Reader threads for HTTP queries.
+    /// Reader threads for HTTP queries (SQLite).
     pub reader_threads: usize,
+    /// Connections of this process's pool to PostgreSQL (`database = "postgres://…"`); the
+    /// server's `max_connections` must cover every replica's pool plus one listening
+    /// connection each.
+    pub postgres_pool_connections: usize,
+    /// Changes of other replicas waiting to be applied to this one's in-memory state; a
+    /// replica that falls this far behind rebuilds that state from the database instead
+    /// (`aisle_hub_replica_events_total{kind="resync"}`).
+    pub max_replica_events: usize,
     /// Conversations per page of `GET /api/conversations` when `limit` is not given.
     pub default_page_conversations: usize,
     /// Largest `limit` of `GET /api/conversations` (a larger one is a `bad_request`).
@@ -84,6 +92,8 @@ impl Default for Limits {
             max_http_body_bytes: 64 * 1024,
             max_concurrent_password_hashes: 4,
             reader_threads: 2,
+            postgres_pool_connections: 16,
+            max_replica_events: 4096,
             default_page_conversations: 50,
             max_page_conversations: 200,
             max_page_audit_entries: 500,
@@ -128,6 +138,11 @@ impl Limits {
                 self.max_concurrent_password_hashes as u64,
             ),
             ("reader_threads", self.reader_threads as u64),
+            (
+                "postgres_pool_connections",
+                self.postgres_pool_connections as u64,
+            ),
+            ("max_replica_events", self.max_replica_events as u64),
             (
                 "default_page_conversations",
                 self.default_page_conversations as u64,

@@ -23,6 +23,10 @@ struct Cli {
     /// The region this hub serves (default "default"; set it in production).
     #[arg(long, value_name = "NAME")]
     region: Option<String>,
+    /// The database: a `postgres://user:password@host/db` URL shared by several hub replicas
+    /// (default: the SQLite file in the data directory).
+    #[arg(long, value_name = "URL", global = true)]
+    database: Option<String>,
     /// TOML configuration file.
     #[arg(long, value_name = "FILE", env = "AISLE_HUB_CONFIG", global = true)]
     config: Option<PathBuf>,
@@ -52,6 +56,7 @@ fn main() -> std::process::ExitCode {
         listen: cli.listen,
         data: cli.data,
         region: cli.region,
+        database: cli.database,
     };
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,

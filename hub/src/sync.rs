@@ -140,6 +140,16 @@ impl Registry {
         }
     }
 
+    /// Closes every store's connection: they reconnect and exchange manifests, which brings
+    /// them whatever this process may have missed (replica.rs, after lost notifications).
+    pub fn disconnect_all(&self) {
+        if let Ok(map) = self.connections.lock() {
+            for connected in map.values() {
+                connected.kick.notify_one();
+            }
+        }
+    }
+
     pub fn is_online(&self, store_id: &str) -> bool {
         self.connections
             .lock()
@@ -663,12 +673,19 @@ impl Session {
                     return Next::Close("storage error");
                 }
             };
+            let holds = match &origin {
+                Some(origin) if *origin == self.store_id => true,
+                Some(_) => match shared_with(&self.app, &self.store_id, &name).await {
+                    Ok(shared) => shared,
+                    Err(err) => {
+                        tracing::error!(error = %err, "erase: reading the shares");
+                        return Next::Close("storage error");
+                    }
+                },
+                None => false,
+            };
             match origin {
-                Some(origin)
-                    if origin == self.store_id || self.app.shares.allows(&name, &self.store_id) =>
-                {
-                    allowed.push(key.clone());
-                }
+                Some(_) if holds => allowed.push(key.clone()),
                 // Another store's conversation: not this store's to erase for the region.
                 Some(_) => {
                     tracing::warn!(store_id = %self.store_id, doc = %key, "a store asked to erase another store's conversation; erased at that store only");
@@ -944,7 +961,9 @@ impl Session {
                 Err(err) => return Err(Self::internal(err)),
                 Ok(Some(stored))
                     if stored.origin_store != self.store_id
-                        && !self.app.shares.allows(&key.to_string(), &self.store_id) =>
+                        && !shared_with(&self.app, &self.store_id, &key.to_string())
+                            .await
+                            .map_err(Self::internal)? =>
                 {
                     self.peer.on_error(key);
                     return Err(Self::doc_error(
@@ -1007,7 +1026,12 @@ impl Session {
             return Ok(Reply::Now(self.peer.answer(key, conversation)));
         }
         let meta = conversation.meta().map_err(Self::internal)?;
-        let shared = self.app.shares.allows(&key.to_string(), &self.store_id);
+        let mut shared = self.app.shares.allows(&key.to_string(), &self.store_id);
+        if meta.store_id != self.store_id && !shared {
+            shared = shared_with(&self.app, &self.store_id, &key.to_string())
+                .await
+                .map_err(Self::internal)?;
+        }
         if (meta.store_id != self.store_id && !shared) || meta.id != id {
             tracing::warn!(
                 store_id = %self.store_id,
@@ -1161,6 +1185,21 @@ impl Session {
             self.versions.remove(&key);
         }
     }
+}
+
+/// Whether `doc_key` was continued at `store_id`: the in-memory map, and when it says no, the
+/// database (another hub replica may have shared it a moment ago, its notification still on
+/// the way; replica.rs). Only refusals pay for the query.
+async fn shared_with(app: &App, store_id: &str, doc_key: &str) -> StoreResult<bool> {
+    if app.shares.allows(doc_key, store_id) {
+        return Ok(true);
+    }
+    let stores = app.store.shared_with(doc_key.to_owned()).await?;
+    let shared = stores.iter().any(|s| s == store_id);
+    if shared {
+        app.shares.add(doc_key, store_id);
+    }
+    Ok(shared)
 }
 
 /// A round carrying more than this is applied under `block_in_place`.

@@ -2,8 +2,12 @@
 //! free port, temporary data directory, readiness on `GET /healthz`, restart on the same data
 //! *and the same port* (the stores keep the hub's URL), SIGKILL, logs captured to files.
 //!
-//! What the hub holds is read straight from its SQLite file, read-only: the tests must not
+//! What the hub holds is read straight from its database, read-only: the tests must not
 //! depend on HQ endpoints to see whether a store's documents arrived.
+//!
+//! With `AISLE_TEST_POSTGRES_URL` set (a superuser URL of a throw-away cluster, `ci/postgres`)
+//! every hub runs on PostgreSQL instead of SQLite, each in a database of its own, and
+//! [`Hub::start_replica`] starts another hub process on the same database.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -68,6 +72,60 @@ pub struct Hub {
     admin_token: Option<String>,
     /// Extra environment variables for the next (re)start ([`Hub::set_env`]).
     env: Vec<(String, String)>,
+    /// `--database`: the hub's PostgreSQL database (`None`: SQLite in the data directory).
+    database_url: Option<String>,
+}
+
+/// The PostgreSQL server the hub tests run against, if any (`AISLE_TEST_POSTGRES_URL`, a
+/// superuser URL such as `postgres://aisle@127.0.0.1:5432/postgres`).
+pub fn postgres_server_url() -> Option<String> {
+    std::env::var("AISLE_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// Runs `work` with a client of `url`, on a thread of its own with its own runtime (so that it
+/// can be called from synchronous helpers inside the tests' runtime).
+fn with_postgres<T: Send + 'static>(
+    url: &str,
+    work: impl for<'c> FnOnce(
+        &'c tokio_postgres::Client,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<T, tokio_postgres::Error>> + 'c>,
+    > + Send
+    + 'static,
+) -> anyhow::Result<T> {
+    let url = url.to_owned();
+    std::thread::spawn(move || -> anyhow::Result<T> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .with_context(|| format!("connect to {url}"))?;
+            let driver = tokio::spawn(connection);
+            let result = work(&client).await.context("postgres query");
+            drop(client);
+            let _ = driver.await;
+            result
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the postgres thread panicked"))?
+}
+
+/// Creates an empty database on the server of `server_url` and returns its URL.
+pub fn create_postgres_database(server_url: &str) -> anyhow::Result<String> {
+    let name = format!("aisle_t_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let statement = format!("CREATE DATABASE {name}");
+    with_postgres(server_url, move |c| {
+        Box::pin(async move { c.batch_execute(&statement).await })
+    })?;
+    let (base, _) = server_url
+        .rsplit_once('/')
+        .context("the postgres URL names no database")?;
+    Ok(format!("{base}/{name}"))
 }
 
 impl Hub {
@@ -81,6 +139,32 @@ impl Hub {
     }
 
     pub async fn try_start(region: &str) -> anyhow::Result<Hub> {
+        let database_url = match postgres_server_url() {
+            Some(server) => Some(create_postgres_database(&server)?),
+            None => None,
+        };
+        Self::try_start_on(region, database_url).await
+    }
+
+    /// Another hub process for the same region on the same PostgreSQL database (a replica
+    /// behind the region's load balancer): its own port and data directory.
+    pub async fn start_replica(&self) -> Hub {
+        let url = self
+            .database_url
+            .clone()
+            .expect("replicas share a PostgreSQL database: set AISLE_TEST_POSTGRES_URL");
+        match Self::try_start_on(&self.region, Some(url)).await {
+            Ok(hub) => hub,
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+
+    /// The hub's PostgreSQL database, if it runs on one.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref()
+    }
+
+    async fn try_start_on(region: &str, database_url: Option<String>) -> anyhow::Result<Hub> {
         let bin = find_hub_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("aisle-hub-test-")
@@ -100,6 +184,7 @@ impl Hub {
             http: Http::new(addr),
             admin_token: None,
             env: Vec::new(),
+            database_url,
         };
         hub.launch().await?;
         Ok(hub)
@@ -134,9 +219,83 @@ impl Hub {
         &self.data_dir
     }
 
-    /// The hub's SQLite database (`Config::database_path`).
+    /// The hub's SQLite database (`Config::database_path`). A test that opens it runs on
+    /// SQLite only: it is skipped on PostgreSQL with [`Hub::on_postgres`].
     pub fn database_path(&self) -> PathBuf {
+        assert!(
+            self.database_url.is_none(),
+            "this test reads the hub's SQLite file; skip it when Hub::on_postgres()"
+        );
         self.data_dir.join("aisle-hub.db")
+    }
+
+    /// Whether hubs of this test run are on PostgreSQL (`AISLE_TEST_POSTGRES_URL`).
+    pub fn on_postgres() -> bool {
+        postgres_server_url().is_some()
+    }
+
+    /// Runs SQL statements on the hub's database (SQLite or PostgreSQL), e.g. a row written
+    /// while the hub is stopped.
+    pub fn execute(&self, sql: &str) {
+        match &self.database_url {
+            Some(url) => {
+                let sql = sql.to_owned();
+                with_postgres(url, move |c| {
+                    Box::pin(async move { c.batch_execute(&sql).await })
+                })
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            }
+            None => {
+                let db = rusqlite::Connection::open(self.database_path()).expect("open");
+                db.execute_batch(sql).expect("execute");
+            }
+        }
+    }
+
+    /// `(key, origin_store)` of every document, or the chunks of one, from either back end.
+    fn query_documents(&self) -> Vec<(String, String)> {
+        const SQL: &str = "SELECT key, origin_store FROM documents ORDER BY key";
+        if let Some(url) = &self.database_url {
+            return with_postgres(url, |c| {
+                Box::pin(async move {
+                    let rows = c.query(SQL, &[]).await?;
+                    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+                })
+            })
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        }
+        let conn = self.open_db();
+        let mut st = conn.prepare(SQL).expect("prepare");
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query documents")
+            .collect::<Result<_, _>>()
+            .expect("read documents")
+    }
+
+    fn query_chunks(&self, key: &str) -> Vec<Vec<u8>> {
+        if let Some(url) = &self.database_url {
+            let key = key.to_owned();
+            return with_postgres(url, move |c| {
+                Box::pin(async move {
+                    let rows = c
+                        .query(
+                            "SELECT bytes FROM doc_chunks WHERE doc_key = $1 ORDER BY seq",
+                            &[&key],
+                        )
+                        .await?;
+                    Ok(rows.iter().map(|r| r.get(0)).collect())
+                })
+            })
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        }
+        let conn = self.open_db();
+        let mut st = conn
+            .prepare("SELECT bytes FROM doc_chunks WHERE doc_key = ?1 ORDER BY seq")
+            .expect("prepare");
+        st.query_map([key], |r| r.get(0))
+            .expect("query chunks")
+            .collect::<Result<_, _>>()
+            .expect("read chunks")
     }
 
     pub fn is_running(&self) -> bool {
@@ -163,6 +322,11 @@ impl Hub {
             .arg(&self.data_dir)
             .arg("--region")
             .arg(&self.region)
+            .args(
+                self.database_url
+                    .iter()
+                    .flat_map(|url| ["--database", url.as_str()]),
+            )
             // The hub reads every AISLE_HUB_* variable as configuration and refuses unknown
             // keys: do not pass on the test harness's own variables.
             .env_remove("AISLE_HUB_BIN")
@@ -342,14 +506,7 @@ impl Hub {
 
     /// Keys of every document the hub holds, with their origin store.
     pub fn documents(&self) -> Vec<(String, String)> {
-        let conn = self.open_db();
-        let mut st = conn
-            .prepare("SELECT key, origin_store FROM documents ORDER BY key")
-            .expect("prepare");
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .expect("query documents")
-            .collect::<Result<_, _>>()
-            .expect("read documents")
+        self.query_documents()
     }
 
     /// How many conversation documents the hub holds.
@@ -363,16 +520,8 @@ impl Hub {
     /// The hub's copy of a conversation (its chunks in order, loaded), if it has one.
     /// Panics if the stored chunks do not load: that is corruption, not "not there yet".
     pub fn conversation(&self, conversation_id: &str) -> Option<Conversation> {
-        let conn = self.open_db();
         let key = format!("conversation:{conversation_id}");
-        let mut st = conn
-            .prepare("SELECT bytes FROM doc_chunks WHERE doc_key = ?1 ORDER BY seq")
-            .expect("prepare");
-        let chunks: Vec<Vec<u8>> = st
-            .query_map([&key], |r| r.get(0))
-            .expect("query chunks")
-            .collect::<Result<_, _>>()
-            .expect("read chunks");
+        let chunks = self.query_chunks(&key);
         if chunks.is_empty() {
             return None;
         }
@@ -385,13 +534,8 @@ impl Hub {
 
     /// How many stored chunks make up the hub's copy of a conversation.
     pub fn chunk_count(&self, conversation_id: &str) -> usize {
-        let conn = self.open_db();
-        conn.query_row(
-            "SELECT count(*) FROM doc_chunks WHERE doc_key = ?1",
-            [format!("conversation:{conversation_id}")],
-            |r| r.get::<_, i64>(0),
-        )
-        .expect("count chunks") as usize
+        self.query_chunks(&format!("conversation:{conversation_id}"))
+            .len()
     }
 
     /// The messages of the hub's copy of a conversation as `(message id, body)`, in the

@@ -823,16 +823,11 @@ async fn hub_matrix() {
     hub.restart().await;
     let expired = hub.admin_token().await;
     hub.terminate().await;
-    {
-        let db = rusqlite::Connection::open(hub.database_path()).unwrap();
-        db.execute(
-            "INSERT INTO accounts (id, username, password_hash, role, created_at_ms)
-             SELECT 'viewer-1', 'viewer', password_hash, 'hq_viewer', created_at_ms
-             FROM accounts WHERE username = 'admin'",
-            [],
-        )
-        .unwrap();
-    }
+    hub.execute(
+        "INSERT INTO accounts (id, username, password_hash, role, created_at_ms)
+         SELECT 'viewer-1', 'viewer', password_hash, 'hq_viewer', created_at_ms
+         FROM accounts WHERE username = 'admin'",
+    );
     hub.set_env("AISLE_HUB_SESSION_TTL_SECS", 3600);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     hub.restart().await;
