@@ -18,6 +18,7 @@
 //! The server binary is looked up next to the running executable (see
 //! [`edge::find_edge_binary`]); build it first with `cargo build --release -p aisle-edge`.
 
+pub mod balancer;
 pub mod connbench;
 pub mod crashbench;
 pub mod edge;

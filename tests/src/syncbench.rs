@@ -60,7 +60,9 @@ const BODY: &str = "Do you have the blue one in size 40? Bench message from the 
 /// What to run (see `aisle-bench sync --help`).
 #[derive(Clone, Debug)]
 pub struct SyncBenchOptions {
-    /// A running hub (`http://host:port`); `None`: start a local `aisle-hub`.
+    /// A running hub (`http://host:port`), or several replicas of one region's hub separated
+    /// by commas (the stores are spread over them in turn, as a round-robin load balancer
+    /// would; enrollment and login go to the first); `None`: start a local `aisle-hub`.
     pub url: Option<String>,
     /// Admin username on the `url` hub.
     pub user: String,
@@ -261,31 +263,39 @@ fn process_cpu(pid: u32) -> Option<Duration> {
 /// The hub to talk to, an admin session on it, and the process if the bench started it.
 struct HubTarget {
     http: Http,
-    addr: SocketAddr,
+    /// Where the stores connect: store `i` to `addrs[i % len]`.
+    addrs: Vec<SocketAddr>,
     admin_token: String,
     process: Option<HubProcess>,
 }
 
 impl HubTarget {
     async fn new(o: &SyncBenchOptions) -> anyhow::Result<HubTarget> {
-        let (http, addr, process, user, password) = match &o.url {
-            Some(url) => {
-                let hostport = url
-                    .trim_start_matches("http://")
-                    .trim_end_matches('/')
-                    .to_string();
-                let addr = tokio::net::lookup_host(&hostport)
-                    .await
-                    .with_context(|| format!("resolve {hostport}"))?
-                    .next()
-                    .ok_or_else(|| anyhow!("{hostport} resolves to nothing"))?;
+        let (http, addrs, process, user, password) = match &o.url {
+            Some(urls) => {
+                let mut addrs = Vec::new();
+                let mut first = None;
+                for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                    let hostport = url
+                        .trim_start_matches("http://")
+                        .trim_end_matches('/')
+                        .to_string();
+                    let addr = tokio::net::lookup_host(&hostport)
+                        .await
+                        .with_context(|| format!("resolve {hostport}"))?
+                        .next()
+                        .ok_or_else(|| anyhow!("{hostport} resolves to nothing"))?;
+                    first.get_or_insert(hostport);
+                    addrs.push(addr);
+                }
+                let first = first.ok_or_else(|| anyhow!("--url names no hub"))?;
                 let password = o
                     .password
                     .clone()
                     .ok_or_else(|| anyhow!("--url needs --password (and --user) of an hq_admin"))?;
                 (
-                    Http::with_base(format!("http://{hostport}")),
-                    addr,
+                    Http::with_base(format!("http://{first}")),
+                    addrs,
                     None,
                     o.user.clone(),
                     password,
@@ -300,7 +310,7 @@ impl HubTarget {
                 );
                 (
                     Http::new(hub.addr()),
-                    hub.addr(),
+                    vec![hub.addr()],
                     Some(hub),
                     "admin".to_string(),
                     HUB_ADMIN_PASSWORD.to_string(),
@@ -323,7 +333,7 @@ impl HubTarget {
             .to_string();
         Ok(HubTarget {
             http,
-            addr,
+            addrs,
             admin_token,
             process,
         })
@@ -864,14 +874,14 @@ pub async fn run(o: &SyncBenchOptions) -> anyhow::Result<SyncBenchResult> {
     let (ready_tx, mut ready_rx) = mpsc::channel(o.stores.max(1));
     let setup = Arc::new(Semaphore::new(16));
     let mut tasks = Vec::new();
-    for identity in identities {
+    for (i, identity) in identities.into_iter().enumerate() {
         let convs = (0..o.conversations_per_store)
             .map(|_| Conv::create(&identity.store_id))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let store = Store::new(identity, convs);
         tasks.push(tokio::spawn(load_store(
             store,
-            target.addr,
+            target.addrs[i % target.addrs.len()],
             o.batch,
             Arc::clone(&setup),
             ready_tx.clone(),
@@ -921,7 +931,7 @@ pub async fn run(o: &SyncBenchOptions) -> anyhow::Result<SyncBenchResult> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     progress!("sync: catch-up store connects");
     let t0 = Instant::now();
-    catchup_store.connect(target.addr).await?;
+    catchup_store.connect(target.addrs[0]).await?;
     catchup_store.sync_all(t0 + STEP_LIMIT).await?;
     let catchup = t0.elapsed();
     catchup_store.close().await;

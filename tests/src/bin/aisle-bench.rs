@@ -12,7 +12,8 @@
 //! - `startup`: exec of aisle-edge → first `/healthz` 200 (median of `--runs` on an existing
 //!   data directory; the first run on an empty directory separately). Always local.
 //! - `all`: the three.
-//! - `sync`: against `aisle-hub` instead (its own local hub unless `--url`): `--stores`
+//! - `sync`: against `aisle-hub` instead (its own local hub unless `--url`, which may list
+//!   several replicas of one hub, comma-separated, to spread the stores over): `--stores`
 //!   simulated stores push conversations over the sync protocol; messages per second the hub
 //!   acknowledged, and the catch-up time of a store that wrote `--catchup-messages` offline
 //!   (see `aisle_tests::syncbench`).
@@ -63,7 +64,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
     about = "Load generator and benchmarks for aisle-edge"
 )]
 struct Cli {
-    /// A running server (`http://host:port`); default: start a local aisle-edge.
+    /// A running server (`http://host:port`); default: start a local aisle-edge. For `sync`,
+    /// several hub replicas of one region may be given, separated by commas: the simulated
+    /// stores are spread over them in turn.
     #[arg(long, global = true)]
     url: Option<String>,
     /// Admin username on the `--url` server.
