@@ -110,3 +110,55 @@ fn deliver(payload: &str, replica: &str, events: &broadcast::Sender<ReplicaEvent
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Event, payload};
+    use super::*;
+
+    #[test]
+    fn payloads_are_decoded_and_own_ones_dropped() {
+        let (events, mut rx) = broadcast::channel(8);
+        let revoked = Event::Revoked {
+            store_id: "s1".into(),
+        };
+        deliver(&payload("r1", revoked.clone()), "r1", &events);
+        deliver("not json", "r1", &events);
+        deliver(r#"{"replica":"r2","kind":"unknown"}"#, "r1", &events);
+        deliver(&payload("r2", revoked), "r1", &events);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            ReplicaEvent::Revoked {
+                store_id: "s1".into()
+            }
+        );
+        assert!(rx.try_recv().is_err());
+        let wire = payload(
+            "r2",
+            Event::Shared {
+                doc_key: "conversation:x".into(),
+                store_id: "s2".into(),
+            },
+        );
+        assert_eq!(
+            wire,
+            r#"{"replica":"r2","kind":"shared","doc_key":"conversation:x","store_id":"s2"}"#
+        );
+    }
+
+    #[test]
+    fn an_event_too_large_for_a_notification_is_a_resync() {
+        let holders: Vec<String> = (0..2_000).map(|i| format!("store-{i}")).collect();
+        let wire = payload(
+            "r2",
+            Event::Erased {
+                doc_key: "conversation:x".into(),
+                holders,
+            },
+        );
+        assert!(wire.len() < 8_000);
+        let (events, mut rx) = broadcast::channel(8);
+        deliver(&wire, "r1", &events);
+        assert_eq!(rx.try_recv().unwrap(), ReplicaEvent::Resync);
+    }
+}

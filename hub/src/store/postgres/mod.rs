@@ -95,6 +95,12 @@ impl PostgresStore {
         let (stop, stopped) = watch::channel(false);
         let mut listen_config = config;
         listen_config.application_name(format!("aisle-hub-listen {replica_id}"));
+        // A connection that idles (it only receives) notices a dead peer by its keepalives.
+        listen_config
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(30))
+            .keepalives_interval(std::time::Duration::from_secs(10))
+            .keepalives_retries(3);
         // Listening before connect returns: nothing committed after it is missed.
         let listener = listen::Listener::open(&listen_config).await?;
         tokio::spawn(listen::run(
@@ -223,18 +229,24 @@ impl From<Event> for ReplicaEvent {
 /// Announces a change to the other replicas, delivered when (and only if) the transaction
 /// commits.
 async fn notify(tx: &Transaction<'_>, replica: &str, event: Event) -> StoreResult<()> {
+    let payload = payload(replica, event);
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+        .await?;
+    Ok(())
+}
+
+/// The JSON of a notice, or of a resync when the event's is too large for `pg_notify`.
+fn payload(replica: &str, event: Event) -> String {
     let mut notice = Notice {
         replica: replica.to_owned(),
         event,
     };
-    let mut payload = serde_json::to_string(&notice).expect("a notice serialises");
-    if payload.len() > MAX_PAYLOAD {
-        notice.event = Event::Resync;
-        payload = serde_json::to_string(&notice).expect("a notice serialises");
+    let payload = serde_json::to_string(&notice).expect("a notice serialises");
+    if payload.len() <= MAX_PAYLOAD {
+        return payload;
     }
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
-        .await?;
-    Ok(())
+    notice.event = Event::Resync;
+    serde_json::to_string(&notice).expect("a notice serialises")
 }
 
 /// Serialises the transactions that write one document (held until commit or rollback).
@@ -923,7 +935,20 @@ impl HubStore for PostgresStore {
         Box::pin(async move {
             let mut c = self.client().await?;
             let tx = c.transaction().await?;
-            // The row lock: two replicas redeeming one code, one of them first.
+            // The document's lock before the code's row lock (the order an erasure, which
+            // deletes the document's codes, takes them in); the code's document never changes.
+            let Some(doc) = tx
+                .query_opt(
+                    "SELECT doc_key FROM handoffs WHERE code_hash = $1",
+                    &[&code_hash],
+                )
+                .await?
+            else {
+                return Ok(Redeemed::Unknown);
+            };
+            lock_document(&tx, doc.get(0)).await?;
+            // The row lock: two replicas redeeming one code, one of them first (and a code
+            // erased meanwhile is gone).
             let Some(row) = tx
                 .query_opt(
                     "SELECT doc_key, store_id, expires_at_ms, used_at_ms, used_by FROM handoffs \
@@ -956,7 +981,6 @@ impl HubStore for PostgresStore {
                 tx.commit().await?;
                 return Ok(Redeemed::Own);
             }
-            lock_document(&tx, &doc_key).await?;
             let origin = tx
                 .query_opt(
                     "SELECT origin_store FROM documents WHERE key = $1 AND (origin_store = $2 \

@@ -332,11 +332,10 @@ async fn replicas_hear_each_others_changes_and_not_their_own() {
     assert!(from_r1.try_recv().is_err());
 
     // r2's listening connection is cut: it reconnects and asks for a resync, then hears again.
-    let superuser = database_url(&superuser_url().unwrap(), "postgres");
     execute(
-        &superuser,
+        &url,
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE application_name = 'aisle-hub-listen r2'",
+         WHERE application_name = 'aisle-hub-listen r2' AND datname = current_database()",
     )
     .await;
     assert_eq!(next(&mut from_r1).await, ReplicaEvent::Resync);
@@ -433,6 +432,87 @@ async fn audit_appends_from_two_replicas_form_one_chain() {
     );
     execute(&url, "DROP TABLE audit_log").await;
     assert!(verify_audit(&url).await.is_err());
+    r1.stop();
+    r2.stop();
+}
+
+/// Two replicas sweeping the same expired documents, redeeming one code, and a replica writing
+/// a document while another erases it: each document is erased once, the code redeemed once,
+/// and nothing is written back after the erasure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_racing_erasures_and_redemptions() {
+    let Some(url) = fresh_database("replicas_racing_erasures_and_redemptions").await else {
+        return;
+    };
+    let r1 = Arc::new(open(&url, "r1").await);
+    let r2 = Arc::new(open(&url, "r2").await);
+    for s in ["s1", "s2", "s3"] {
+        add_store(&*r1, s).await;
+    }
+    let keys: Vec<String> = (0..10).map(|i| format!("conversation:k{i}")).collect();
+    for key in &keys {
+        r1.save_synced(round("s1", key, vec![1])).await.unwrap();
+    }
+    let sweep = |store: Arc<PostgresStore>, keys: Vec<String>| async move {
+        store
+            .erase_documents(Erasure {
+                doc_keys: keys,
+                reason: "retention".into(),
+                requested_by: "system".into(),
+                now_ms: 5,
+            })
+            .await
+            .unwrap()
+    };
+    let (a, b) = tokio::join!(
+        tokio::spawn(sweep(Arc::clone(&r1), keys.clone())),
+        tokio::spawn(sweep(Arc::clone(&r2), keys.iter().rev().cloned().collect()))
+    );
+    assert_eq!(a.unwrap().len() + b.unwrap().len(), keys.len());
+    assert_eq!(r1.count_documents().await.unwrap(), 0);
+
+    let key = "conversation:handed".to_owned();
+    r1.save_synced(round("s1", &key, vec![1])).await.unwrap();
+    r1.register_handoff(NewHandoff {
+        code_hash: vec![7; 32],
+        doc_key: key.clone(),
+        store_id: "s1".into(),
+        expires_at_ms: 100,
+    })
+    .await
+    .unwrap();
+    let (a, b) = tokio::join!(
+        r1.redeem_handoff(vec![7; 32], "s2".into(), 10),
+        r2.redeem_handoff(vec![7; 32], "s3".into(), 10)
+    );
+    let mut outcomes = [a.unwrap(), b.unwrap()];
+    outcomes.sort_by_key(|o| matches!(o, Redeemed::Used));
+    assert!(
+        matches!(outcomes[0], Redeemed::Shared { .. }),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1], Redeemed::Used);
+    assert_eq!(r1.shared_with(key.clone()).await.unwrap().len(), 1);
+
+    // Rounds keep coming from r1 while r2 erases the document.
+    let writer = {
+        let r1 = Arc::clone(&r1);
+        let key = key.clone();
+        tokio::spawn(async move {
+            for i in 0..40u8 {
+                r1.save_synced(round("s1", &key, vec![i])).await.unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let erased = sweep(Arc::clone(&r2), vec![key.clone()]).await;
+    writer.await.unwrap();
+    assert_eq!(erased.len(), 1);
+    assert!(r1.load_document(key.clone()).await.unwrap().is_none());
+    assert_eq!(r1.count_documents().await.unwrap(), 0);
+    let report = verify_audit(&url).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.entries, keys.len() as u64 + 1);
     r1.stop();
     r2.stop();
 }
