@@ -368,16 +368,55 @@ pub fn verify(conn: &Connection, anchor: Option<Anchor>) -> Result<Report, Audit
          FROM audit_log ORDER BY seq",
     )?;
     let mut rows = statement.query([])?;
-    let mut entries = 0u64;
-    let mut expected_seq = 1u64;
-    let mut prev_hash = GENESIS.to_owned();
-    let mut at_anchor: Option<String> = None;
-    let mut fault: Option<(u64, Fault, String)> = None;
+    let mut chain = Chain::new(anchor);
     while let Some(row) = rows.next()? {
-        let entry = entry_row(row)?;
-        entries += 1;
+        if !chain.push(entry_row(row)?) {
+            break;
+        }
+    }
+    Ok(chain.report())
+}
+
+/// [`verify`] over entries read from elsewhere (a PostgreSQL hub's table), oldest first.
+pub fn verify_entries(entries: Vec<Entry>, anchor: Option<Anchor>) -> Report {
+    let mut chain = Chain::new(anchor);
+    for entry in entries {
+        if !chain.push(entry) {
+            break;
+        }
+    }
+    chain.report()
+}
+
+/// The walk behind [`verify`] and [`verify_entries`]: entries are pushed in seq order until the
+/// first fault.
+struct Chain {
+    anchor: Option<Anchor>,
+    entries: u64,
+    expected_seq: u64,
+    prev_hash: String,
+    at_anchor: Option<String>,
+    fault: Option<(u64, Fault, String)>,
+}
+
+impl Chain {
+    fn new(anchor: Option<Anchor>) -> Chain {
+        Chain {
+            anchor,
+            entries: 0,
+            expected_seq: 1,
+            prev_hash: GENESIS.to_owned(),
+            at_anchor: None,
+            fault: None,
+        }
+    }
+
+    /// Checks the next entry; `false` once a fault is found (the walk stops there).
+    fn push(&mut self, entry: Entry) -> bool {
+        self.entries += 1;
+        let expected_seq = self.expected_seq;
         if entry.seq != expected_seq {
-            fault = Some((
+            self.fault = Some((
                 expected_seq,
                 Fault::Removed,
                 format!(
@@ -385,18 +424,18 @@ pub fn verify(conn: &Connection, anchor: Option<Anchor>) -> Result<Report, Audit
                     entry.seq
                 ),
             ));
-            break;
+            return false;
         }
         if entry.computed_hash() != entry.hash {
-            fault = Some((
+            self.fault = Some((
                 entry.seq,
                 Fault::Edited,
                 "its fields do not give its stored hash".into(),
             ));
-            break;
+            return false;
         }
-        if entry.prev_hash != prev_hash {
-            fault = Some((
+        if entry.prev_hash != self.prev_hash {
+            self.fault = Some((
                 entry.seq,
                 Fault::Reordered,
                 if entry.seq == 1 {
@@ -405,50 +444,62 @@ pub fn verify(conn: &Connection, anchor: Option<Anchor>) -> Result<Report, Audit
                     format!("its prev_hash is not the hash of entry {}", entry.seq - 1)
                 },
             ));
-            break;
+            return false;
         }
-        if anchor.as_ref().is_some_and(|a| a.seq == entry.seq) {
-            at_anchor = Some(entry.hash.clone());
+        if self.anchor.as_ref().is_some_and(|a| a.seq == entry.seq) {
+            self.at_anchor = Some(entry.hash.clone());
         }
-        prev_hash = entry.hash;
-        expected_seq += 1;
+        self.prev_hash = entry.hash;
+        self.expected_seq += 1;
+        true
     }
-    if fault.is_none()
-        && let Some(anchor) = &anchor
-    {
-        match &at_anchor {
-            None => {
-                fault = Some((
-                    expected_seq,
-                    Fault::Removed,
-                    format!(
-                        "the log ends at entry {} but its anchor is entry {}",
-                        expected_seq - 1,
-                        anchor.seq
-                    ),
-                ))
+
+    fn report(self) -> Report {
+        let Chain {
+            anchor,
+            entries,
+            expected_seq,
+            prev_hash,
+            at_anchor,
+            mut fault,
+        } = self;
+        if fault.is_none()
+            && let Some(anchor) = &anchor
+        {
+            match &at_anchor {
+                None => {
+                    fault = Some((
+                        expected_seq,
+                        Fault::Removed,
+                        format!(
+                            "the log ends at entry {} but its anchor is entry {}",
+                            expected_seq - 1,
+                            anchor.seq
+                        ),
+                    ))
+                }
+                Some(hash) if *hash != anchor.hash => {
+                    fault = Some((
+                        anchor.seq,
+                        Fault::Edited,
+                        "the entry's hash differs from the anchor's: the log was rewritten from here or before".into(),
+                    ))
+                }
+                Some(_) => {}
             }
-            Some(hash) if *hash != anchor.hash => {
-                fault = Some((
-                    anchor.seq,
-                    Fault::Edited,
-                    "the entry's hash differs from the anchor's: the log was rewritten from here or before".into(),
-                ))
-            }
-            Some(_) => {}
+        }
+        let (first_bad_seq, reason, detail) = match fault {
+            Some((seq, reason, detail)) => (Some(seq), Some(reason), Some(detail)),
+            None => (None, None, None),
+        };
+        Report {
+            entries,
+            ok: reason.is_none(),
+            head: prev_hash,
+            anchor,
+            first_bad_seq,
+            reason,
+            detail,
         }
     }
-    let (first_bad_seq, reason, detail) = match fault {
-        Some((seq, reason, detail)) => (Some(seq), Some(reason), Some(detail)),
-        None => (None, None, None),
-    };
-    Ok(Report {
-        entries,
-        ok: reason.is_none(),
-        head: prev_hash,
-        anchor,
-        first_bad_seq,
-        reason,
-        detail,
-    })
 }

@@ -4,6 +4,9 @@
 //! Every method is async and never blocks the runtime: the SQLite implementation runs writes on
 //! one writer thread and reads on reader threads.
 
+#[cfg(test)]
+mod conformance;
+pub mod postgres;
 pub mod schema;
 pub mod sqlite;
 
@@ -23,6 +26,27 @@ pub enum StoreError {
     /// A group-committed batch failed as a whole (the first error, as text).
     #[error("batch: {0}")]
     Batch(String),
+    /// PostgreSQL (the server's code and message when it answered with an error) or its pool.
+    #[error("postgres: {0}")]
+    Postgres(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        StoreError::Postgres(match err.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => err.to_string(),
+        })
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        match err {
+            deadpool_postgres::PoolError::Backend(err) => err.into(),
+            other => StoreError::Postgres(format!("pool: {other}")),
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -1625,320 +1625,70 @@ fn erase_document(
 
 #[cfg(test)]
 mod tests {
+    //! The back-end-agnostic semantics are asserted by `store/conformance.rs` (on PostgreSQL
+    //! too); each test here runs one of them on a fresh SQLite store.
+
+    use super::super::conformance;
     use super::*;
 
-    #[tokio::test]
-    async fn enrollment_and_documents() {
+    fn open() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("hub.db"), 1).unwrap();
-        let token = crate::auth::secret_hash("et_x");
-        assert!(
-            store
-                .create_store(NewStore {
-                    id: "s1".into(),
-                    name: "One".into(),
-                    region: "r".into(),
-                    token_hash: token.clone(),
-                    token_expires_at_ms: u64::MAX / 2,
-                    now_ms: 1,
-                })
-                .await
-                .unwrap()
-        );
-        let enroll = |t: Vec<u8>| store.enroll("s1".into(), t, vec![1; 32], 2);
-        assert_eq!(
-            enroll(crate::auth::secret_hash("bad")).await.unwrap(),
-            EnrollOutcome::BadToken
-        );
-        assert_eq!(
-            enroll(token.clone()).await.unwrap(),
-            EnrollOutcome::Enrolled
-        );
-        assert_eq!(
-            enroll(token.clone()).await.unwrap(),
-            EnrollOutcome::TokenUsed
-        );
-        let write = SyncWrite {
-            store_id: "s1".into(),
-            doc_key: "conversation:x".into(),
-            origin_store: "s1".into(),
-            chunk: vec![1, 2],
-            heads: vec![7; 32],
-            sync_state: vec![0],
-            projection: None,
-            now_ms: 3,
-            replace_chunks: false,
-            expected_version: None,
-        };
-        let first = store.save_synced(write.clone()).await.unwrap();
-        assert!(first.created && !first.stale, "{first:?}");
-        let second = store
-            .save_synced(SyncWrite {
-                chunk: vec![3],
-                expected_version: Some(first.version),
-                ..write.clone()
-            })
-            .await
-            .unwrap();
-        assert!(!second.created && !second.stale, "{second:?}");
-        let stored = store
-            .load_document("conversation:x".into())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (stored.origin_store.as_str(), stored.bytes, stored.version),
-            ("s1", vec![1, 2, 3], second.version)
-        );
-        // A second writer that loaded the first version compacts: the compare-and-swap on the
-        // version turns its replacement into an append, so chunk 3 survives, and the stored
-        // heads are both writers' heads.
-        let racing = store
-            .save_synced(SyncWrite {
-                chunk: vec![9],
-                heads: vec![8; 32],
-                replace_chunks: true,
-                expected_version: Some(first.version),
-                ..write.clone()
-            })
-            .await
-            .unwrap();
-        assert!(racing.stale, "{racing:?}");
-        let stored = store
-            .load_document("conversation:x".into())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(stored.bytes, vec![1, 2, 3, 9]);
-        let manifest = store.manifest("s1".into()).await.unwrap();
-        assert_eq!(manifest[0].1, [vec![7; 32], vec![8; 32]].concat());
-        // With the version it holds, a compaction replaces every chunk.
-        let compacted = store
-            .save_synced(SyncWrite {
-                chunk: vec![1, 2, 3, 9],
-                heads: vec![8; 32],
-                replace_chunks: true,
-                expected_version: Some(racing.version),
-                ..write
-            })
-            .await
-            .unwrap();
-        assert!(!compacted.stale, "{compacted:?}");
-        let manifest = store.manifest("s1".into()).await.unwrap();
-        assert_eq!(manifest[0].1, vec![8; 32]);
-        assert_eq!(store.manifest("s1".into()).await.unwrap().len(), 1);
-        assert_eq!(store.count_documents().await.unwrap(), 1);
-        store.stop();
+        (dir, store)
     }
 
-    /// A conversation of store `s1` with customer and staff messages, resolved.
-    fn projected(store_id: &str) -> (Projection, Projection) {
-        use aisle_sync::*;
-        let customer = CustomerId::new();
-        let agent = StaffId::new();
-        let meta = Meta::new(ConversationId::new(), store_id, customer, 1_000);
-        let mut c = Conversation::create(&meta).unwrap();
-        let start = c.heads();
-        c.put_participant(&ParticipantRecord {
-            participant: Participant::Staff(agent),
-            display_name: "小王".into(),
-            joined_at_ms: 1_000,
-        })
-        .unwrap();
-        let mut add = |sender: Participant, body: &str, at: u64| {
-            c.add_message(&MessageRecord {
-                id: MessageId::new(),
-                client_msg_id: body.into(),
-                sender,
-                body: body.into(),
-                sent_at_ms: at,
-                attachment: None,
-                intent: None,
-            })
-            .unwrap();
-        };
-        add(
-            Participant::Customer(customer),
-            "我想退货，这件外套太小了",
-            2_000,
-        );
-        add(
-            Participant::Staff(agent),
-            "好的，请带上收据 (receipt)",
-            5_000,
-        );
-        let first = c.changes_since(&start);
-        let first = crate::projection::of_round(&c, first).unwrap();
-        let middle = c.heads();
-        let claim = Event {
-            id: EventId::new(),
-            kind: EventKind::Claim { agent },
-            actor: Participant::Staff(agent),
-            hlc: Hlc::new(3_000, 0),
-            prev: None,
-        };
-        c.add_event(&claim).unwrap();
-        c.add_event(&Event {
-            id: EventId::new(),
-            kind: EventKind::Resolve,
-            actor: Participant::Staff(agent),
-            hlc: Hlc::new(9_000, 0),
-            prev: Some(claim.id),
-        })
-        .unwrap();
-        let second = c.changes_since(&middle);
-        (first, crate::projection::of_round(&c, second).unwrap())
+    macro_rules! conformance {
+        ($($name:ident),* $(,)?) => {$(
+            #[tokio::test]
+            async fn $name() {
+                let (_dir, store) = open();
+                conformance::$name(&store).await;
+                store.stop();
+            }
+        )*};
     }
 
+    macro_rules! audited_conformance {
+        ($($name:ident),* $(,)?) => {$(
+            #[tokio::test]
+            async fn $name() {
+                let (_dir, store) = open();
+                conformance::$name(&store, &store).await;
+                store.stop();
+            }
+        )*};
+    }
+
+    conformance!(
+        enrollment_and_documents,
+        accounts_sessions_and_stores,
+        settings_documents,
+        handoffs_are_redeemed_once,
+        projection_is_idempotent_searchable_and_counted,
+        documents_stored_without_a_projection_are_backfilled,
+    );
+    audited_conformance!(
+        erasure_leaves_tombstones_that_block_writes,
+        audited_writes_form_one_chain,
+    );
+
+    /// SQLite only: the audit head is anchored in a file beside the database after each commit
+    /// that appended.
     #[tokio::test]
-    async fn projection_is_idempotent_searchable_and_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("hub.db"), 1).unwrap();
-        store
-            .create_store(NewStore {
-                id: "s1".into(),
-                name: "One".into(),
-                region: "r".into(),
-                token_hash: vec![0; 32],
-                token_expires_at_ms: 1,
-                now_ms: 1,
-            })
-            .await
-            .unwrap();
-        let (first, second) = projected("s1");
-        let id = first.conversation.id.clone();
-        let write = |projection: &Projection| SyncWrite {
-            store_id: "s1".into(),
-            doc_key: format!("conversation:{id}"),
-            origin_store: "s1".into(),
-            chunk: vec![],
-            heads: vec![],
-            sync_state: vec![],
-            projection: Some(projection.clone()),
-            now_ms: 1,
-            replace_chunks: false,
-            expected_version: None,
-        };
-        // The first round twice (a repeated record), then the resolve.
-        for p in [&first, &first, &second] {
-            store.save_synced(write(p)).await.unwrap();
-        }
-        let detail = store
-            .conversation_detail(id.clone())
-            .await
-            .unwrap()
-            .unwrap();
-        let c = &detail.conversation;
-        assert_eq!(c.message_count, 2);
-        assert_eq!(c.status, "resolved");
-        assert_eq!(c.agent_name.as_deref(), Some("小王"));
-        assert_eq!(
-            (c.first_customer_message_at_ms, c.first_response_at_ms),
-            (Some(2_000), Some(5_000))
-        );
-        assert_eq!(c.resolved_at_ms, Some(9_000));
-        assert_eq!(detail.messages.len(), 2);
-        assert_eq!(
-            detail.messages[1].sender.display_name.as_deref(),
-            Some("小王")
-        );
-
-        let search = |terms: &[&str]| {
-            store.search_messages(SearchQuery {
-                terms: terms.iter().map(|t| t.to_string()).collect(),
-                store: None,
-                limit: 10,
-                scan_messages: 1_000,
-            })
-        };
-        let (method, hits) = search(&["外套太小"]).await.unwrap();
-        assert_eq!((method, hits.len()), (SearchMethod::Index, 1));
-        let (method, hits) = search(&["退货"]).await.unwrap();
-        assert_eq!((method, hits.len()), (SearchMethod::Scan, 1));
-        let (_, hits) = search(&["RECEIPT"]).await.unwrap();
-        assert_eq!(hits.len(), 1, "case-insensitive for ASCII");
-        let (_, hits) = search(&["receipt", "收据"]).await.unwrap();
-        assert_eq!(hits.len(), 1, "a long and a short term together");
-        let (_, hits) = search(&["100%"]).await.unwrap();
-        assert!(hits.is_empty());
-        let (_, hits) = search(&["%"]).await.unwrap();
-        assert!(hits.is_empty(), "LIKE characters are literal");
-
-        let figures = store
-            .figures(FiguresQuery {
-                from_ms: 0,
-                to_ms: 2 * HOUR_MS,
-                store: None,
-            })
-            .await
-            .unwrap();
-        assert_eq!(figures.hours.len(), 2);
-        assert_eq!(figures.hours[0].messages, 2);
-        assert_eq!(figures.totals.new_conversations, 1);
-        assert_eq!(figures.totals.first_response.p50_ms, Some(3_000));
-        assert_eq!(figures.totals.resolution.avg_ms, Some(8_000));
-        assert_eq!(figures.by_store["s1"].messages, 2);
-        assert_eq!(figures.by_intent["unknown"].new_conversations, 1);
-        assert_eq!(figures.by_intent["unknown"].messages, 2);
-        store.stop();
-    }
-
-    #[tokio::test]
-    async fn documents_stored_without_a_projection_are_backfilled() {
-        use aisle_sync::*;
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("hub.db"), 1).unwrap();
-        store
-            .create_store(NewStore {
-                id: "s1".into(),
-                name: "One".into(),
-                region: "r".into(),
-                token_hash: vec![0; 32],
-                token_expires_at_ms: 1,
-                now_ms: 1,
-            })
-            .await
-            .unwrap();
-        let customer = CustomerId::new();
-        let meta = Meta::new(ConversationId::new(), "s1", customer, 1_000);
-        let mut c = Conversation::create(&meta).unwrap();
-        c.add_message(&MessageRecord {
-            id: MessageId::new(),
-            client_msg_id: "c1".into(),
-            sender: Participant::Customer(customer),
-            body: "stored before the projection existed".into(),
-            sent_at_ms: 2_000,
-            attachment: None,
-            intent: None,
-        })
+    async fn the_audit_head_is_anchored_beside_the_database() {
+        let (dir, store) = open();
+        let entry = AuditLog::append(
+            &store,
+            Record::new("system".into(), "a", "", serde_json::json!({})),
+        )
+        .await
         .unwrap();
-        // As a hub of schema version 1 stored it: the document, no projection.
-        store
-            .save_synced(SyncWrite {
-                store_id: "s1".into(),
-                doc_key: DocumentKey::from(meta.id).to_string(),
-                origin_store: "s1".into(),
-                chunk: c.save(),
-                heads: vec![],
-                sync_state: vec![],
-                projection: None,
-                now_ms: 1,
-                replace_chunks: false,
-                expected_version: None,
-            })
-            .await
-            .unwrap();
-        assert_eq!(store.unprojected_documents().await.unwrap().len(), 1);
-        assert_eq!(crate::projection::backfill(&store).await.unwrap(), 1);
-        assert!(store.unprojected_documents().await.unwrap().is_empty());
-        let detail = store
-            .conversation_detail(meta.id.to_string())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(detail.conversation.message_count, 1);
-        assert_eq!(detail.conversation.status, "queued");
-        assert_eq!(crate::projection::backfill(&store).await.unwrap(), 0);
+        // The anchor is written after the writer's job; a read on the writer orders after it.
+        store.writer.run(|_| Ok(())).await.unwrap();
+        let anchor =
+            std::fs::read_to_string(audit::anchor_path(&dir.path().join("hub.db"))).unwrap();
+        let anchor: Anchor = serde_json::from_str(&anchor).unwrap();
+        assert_eq!((anchor.seq, anchor.hash), (entry.seq, entry.hash));
         store.stop();
     }
 }
