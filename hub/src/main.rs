@@ -66,7 +66,21 @@ fn main() -> std::process::ExitCode {
         }
     };
     if let Some(Command::Audit(AuditCommand::Verify)) = cli.command {
-        return match aisle_hub::audit::verify_file(&config.database_path()) {
+        let verified = match &config.database {
+            None => {
+                aisle_hub::audit::verify_file(&config.database_path()).map_err(|e| e.to_string())
+            }
+            Some(url) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|runtime| {
+                    runtime
+                        .block_on(aisle_hub::store::postgres::verify_audit(url))
+                        .map_err(|e| e.to_string())
+                }),
+        };
+        return match verified {
             Ok(report) => {
                 println!(
                     "{}",

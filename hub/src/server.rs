@@ -13,12 +13,14 @@ use tokio::sync::Semaphore;
 
 use crate::App;
 use crate::api;
+use crate::audit::AuditLog;
 use crate::auth;
 use crate::config::Config;
 use crate::error::{ApiError, Code, StartError};
 use crate::hq;
 use crate::metrics::METRICS;
 use crate::store::HubStore;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::sync::{self, Registry};
 
@@ -33,16 +35,27 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         path: config.data.clone(),
         source,
     })?;
-    let hub_id = load_or_create_hub_id(&config.data).map_err(|source| StartError::DataDir {
-        path: config.data.clone(),
-        source,
-    })?;
-    let store = Arc::new(SqliteStore::open(
-        &config.database_path(),
-        config.limits.reader_threads,
-    )?);
+    let backend = Backend::open(&config).await?;
+    let store = backend.store();
+    let hub_id = match &backend {
+        // A SQLite hub's identity has been a file in its data directory since the first
+        // version; replicas share theirs through the database.
+        Backend::Sqlite(_) => {
+            load_or_create_hub_id(&config.data).map_err(|source| StartError::DataDir {
+                path: config.data.clone(),
+                source,
+            })?
+        }
+        Backend::Postgres(_) => store.identity(ulid::Ulid::new().to_string()).await?,
+    };
     if store.count_accounts().await? == 0 {
-        create_first_admin(store.as_ref(), &config).await?;
+        // Replicas starting together may race to create it: one wins, the others find it.
+        if let Err(err) = create_first_admin(backend.audit().as_ref(), &config).await {
+            if store.count_accounts().await? == 0 {
+                return Err(err);
+            }
+            tracing::info!("the first HQ account was created by another replica");
+        }
     }
     METRICS.documents.set(store.count_documents().await? as i64);
     crate::projection::backfill(store.as_ref()).await?;
@@ -61,7 +74,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         sync_connections: Arc::new(Semaphore::new(config.limits.max_sync_connections)),
         password_hashes: Semaphore::new(config.limits.max_concurrent_password_hashes),
         hub_id,
-        store: Arc::clone(&store) as Arc<dyn HubStore>,
+        store: Arc::clone(&store),
         registry: Registry::default(),
         shares: crate::continuation::Shares::load(store.shares().await?),
         settings_lock: Default::default(),
@@ -70,13 +83,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         config,
     });
     tokio::spawn(crate::erasure::sweep(Arc::clone(&app)));
+    tokio::spawn(crate::replica::follow(Arc::clone(&app)));
     tracing::info!(
         addr = %local,
         region = %app.config.region,
         hub_id = %app.hub_id,
         "aisle-hub listening"
     );
-    let audit = Arc::clone(&store) as Arc<dyn crate::audit::AuditLog>;
+    let audit = backend.audit();
     // The peer address is the client's identity for the per-IP limits (throttle.rs).
     let service = router(Arc::clone(&app), audit)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -84,7 +98,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .with_graceful_shutdown(signals.wait())
         .await
         .map_err(|e| StartError::Other(format!("server: {e}")))?;
-    store.stop();
+    backend.stop();
     tracing::info!("stopped");
     Ok(())
 }
@@ -162,6 +176,80 @@ fn load_or_create_hub_id(data: &Path) -> std::io::Result<String> {
             Ok(id)
         }
         Err(err) => Err(err),
+    }
+}
+
+/// Where the hub's data lives (`Config::database`).
+enum Backend {
+    /// One process, its SQLite file in the data directory.
+    Sqlite(Arc<SqliteStore>),
+    /// Replicas sharing one PostgreSQL database.
+    Postgres(Arc<PostgresStore>),
+}
+
+impl Backend {
+    async fn open(config: &Config) -> Result<Backend, StartError> {
+        match &config.database {
+            None => Ok(Backend::Sqlite(Arc::new(SqliteStore::open(
+                &config.database_path(),
+                config.limits.reader_threads,
+            )?))),
+            Some(url) => {
+                let replica_id = ulid::Ulid::new().to_string();
+                let store = PostgresStore::connect(
+                    url,
+                    config.limits.postgres_pool_connections,
+                    replica_id.clone(),
+                    config.limits.max_replica_events,
+                )
+                .await?;
+                tracing::info!(
+                    database = %without_password(url),
+                    replica_id = %replica_id,
+                    pool_connections = config.limits.postgres_pool_connections,
+                    "on PostgreSQL"
+                );
+                Ok(Backend::Postgres(Arc::new(store)))
+            }
+        }
+    }
+
+    fn store(&self) -> Arc<dyn HubStore> {
+        match self {
+            Backend::Sqlite(store) => Arc::clone(store) as Arc<dyn HubStore>,
+            Backend::Postgres(store) => Arc::clone(store) as Arc<dyn HubStore>,
+        }
+    }
+
+    fn audit(&self) -> Arc<dyn AuditLog> {
+        match self {
+            Backend::Sqlite(store) => Arc::clone(store) as Arc<dyn AuditLog>,
+            Backend::Postgres(store) => Arc::clone(store) as Arc<dyn AuditLog>,
+        }
+    }
+
+    fn stop(&self) {
+        match self {
+            Backend::Sqlite(store) => store.stop(),
+            Backend::Postgres(store) => store.stop(),
+        }
+    }
+}
+
+/// A database URL fit for a log line: its password replaced by `***`.
+pub fn without_password(url: &str) -> String {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(config) if config.get_password().is_some() => match url.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((credentials, host)) => {
+                    let user = credentials.split(':').next().unwrap_or("");
+                    format!("{scheme}://{user}:***@{host}")
+                }
+                None => url.to_owned(),
+            },
+            None => "(a postgres URL)".to_owned(),
+        },
+        _ => url.to_owned(),
     }
 }
 

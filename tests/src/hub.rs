@@ -5,7 +5,7 @@
 //! What the hub holds is read straight from its database, read-only: the tests must not
 //! depend on HQ endpoints to see whether a store's documents arrived.
 //!
-//! With `AISLE_TEST_POSTGRES_URL` set (a superuser URL of a throw-away cluster, `ci/postgres`)
+//! With `HUB_TEST_POSTGRES_URL` set (a superuser URL of a throw-away cluster, `ci/postgres`)
 //! every hub runs on PostgreSQL instead of SQLite, each in a database of its own, and
 //! [`Hub::start_replica`] starts another hub process on the same database.
 
@@ -76,10 +76,10 @@ pub struct Hub {
     database_url: Option<String>,
 }
 
-/// The PostgreSQL server the hub tests run against, if any (`AISLE_TEST_POSTGRES_URL`, a
+/// The PostgreSQL server the hub tests run against, if any (`HUB_TEST_POSTGRES_URL`, a
 /// superuser URL such as `postgres://aisle@127.0.0.1:5432/postgres`).
 pub fn postgres_server_url() -> Option<String> {
-    std::env::var("AISLE_TEST_POSTGRES_URL")
+    std::env::var("HUB_TEST_POSTGRES_URL")
         .ok()
         .filter(|url| !url.is_empty())
 }
@@ -152,7 +152,7 @@ impl Hub {
         let url = self
             .database_url
             .clone()
-            .expect("replicas share a PostgreSQL database: set AISLE_TEST_POSTGRES_URL");
+            .expect("replicas share a PostgreSQL database: set HUB_TEST_POSTGRES_URL");
         match Self::try_start_on(&self.region, Some(url)).await {
             Ok(hub) => hub,
             Err(e) => panic!("{e:#}"),
@@ -229,7 +229,7 @@ impl Hub {
         self.data_dir.join("aisle-hub.db")
     }
 
-    /// Whether hubs of this test run are on PostgreSQL (`AISLE_TEST_POSTGRES_URL`).
+    /// Whether hubs of this test run are on PostgreSQL (`HUB_TEST_POSTGRES_URL`).
     pub fn on_postgres() -> bool {
         postgres_server_url().is_some()
     }

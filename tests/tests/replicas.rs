@@ -5,7 +5,7 @@
 //! replica, and when a replica dies its store carries on through the other with nothing lost
 //! and nothing doubled.
 //!
-//! Runs only when the hubs are on PostgreSQL (`AISLE_TEST_POSTGRES_URL`, set by ci/test);
+//! Runs only when the hubs are on PostgreSQL (`HUB_TEST_POSTGRES_URL`, set by ci/test);
 //! otherwise it says so and passes.
 
 use std::collections::BTreeMap;
@@ -86,7 +86,7 @@ async fn hq_finds(hub: &mut Hub, q: &str, id: &str) {
 #[tokio::test]
 async fn two_replicas_serve_one_region_and_a_dead_one_loses_nothing() {
     if !Hub::on_postgres() {
-        eprintln!("skipped: hub replicas need PostgreSQL (set AISLE_TEST_POSTGRES_URL)");
+        eprintln!("skipped: hub replicas need PostgreSQL (set HUB_TEST_POSTGRES_URL)");
         return;
     }
     let mut r1 = Hub::start("eu-west").await;

@@ -1,7 +1,7 @@
 //! PostgreSQL tests: the shared semantics (`store/conformance.rs`) and what only replicas on one
 //! database have (concurrent writers, notifications, concurrent migrations, one audit chain).
 //!
-//! They need `AISLE_TEST_POSTGRES_URL`, a superuser URL (`ci/postgres start DIR` prints one);
+//! They need `HUB_TEST_POSTGRES_URL`, a superuser URL (`ci/postgres start DIR` prints one);
 //! without it each test says it was skipped and passes. Each test creates its own database.
 
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use super::super::conformance::{self, add_store, round};
 use super::*;
 
 fn superuser_url() -> Option<String> {
-    std::env::var("AISLE_TEST_POSTGRES_URL")
+    std::env::var("HUB_TEST_POSTGRES_URL")
         .ok()
         .filter(|url| !url.is_empty())
 }
@@ -44,7 +44,7 @@ async fn execute(url: &str, sql: &str) {
 /// A new, empty database, or `None` (and a line saying the test was skipped) without a server.
 async fn fresh_database(test: &str) -> Option<String> {
     let Some(url) = superuser_url() else {
-        eprintln!("{test}: skipped (AISLE_TEST_POSTGRES_URL is not set)");
+        eprintln!("{test}: skipped (HUB_TEST_POSTGRES_URL is not set)");
         return None;
     };
     let name = format!("aisle_t_{}", ulid::Ulid::new().to_string().to_lowercase());
