@@ -11,12 +11,20 @@
 //!   seen by a round that runs after it, and a round that ran first is erased with the rest);
 //!   `save_synced` then also locks the document row (`FOR UPDATE`), under which the
 //!   compare-and-swap on the version and the next chunk number are race-free;
-//! - audit appends take one fixed advisory lock ([`audit_append`]), first in their transaction,
+//! - audit appends take one fixed advisory lock (`audit_append`), first in their transaction,
 //!   so the chain has one head across processes; locks are always taken in the order audit,
 //!   document, store row, so two transactions never wait for each other in a cycle;
 //! - a change other replicas keep in memory is announced with `pg_notify` in the transaction
-//!   that makes it ([`notify`]); each process LISTENs on a dedicated connection and hands the
-//!   others' notifications to [`HubStore::events`] (`listen.rs`).
+//!   that makes it (`notify`); each process LISTENs on a dedicated connection and hands the
+//!   others' notifications to [`HubStore::events`] (`listen.rs`). A receiver that lags behind
+//!   the channel's capacity misses events (`RecvError::Lagged`): it must resynchronise as for
+//!   [`ReplicaEvent::Resync`].
+//!
+//! Deployment notes: a process holds up to `max_connections` pooled connections, one more that
+//! listens, and one more while it migrates at start. Connections are made without TLS
+//! (`NoTls`; a URL that requires TLS is refused). The first migration creates the `pg_trgm`
+//! extension (trusted: the role needs CREATE on the database, or an administrator creates it
+//! first). Erased rows are dead tuples until (auto)vacuum; see `erase_document`.
 
 mod hq;
 mod listen;
