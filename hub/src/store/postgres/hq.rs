@@ -12,14 +12,15 @@ use super::super::{
     FiguresQuery, GroupFigures, HourVolume, ParticipantView, SearchHit, SearchMethod, SearchQuery,
     Sender, StoreResult, TranscriptMessage,
 };
+use super::{Cached, Tx};
 use crate::projection::Projection;
 
 /// Applies a round's projection inside the caller's transaction. Idempotent: the conversation
 /// row is rewritten, participants upserted, messages inserted once by id; the derived figures
 /// are recomputed from the message rows only when a message was new.
-pub(super) async fn write_projection(tx: &Transaction<'_>, p: &Projection) -> StoreResult<()> {
+pub(super) async fn write_projection(tx: &Tx<'_>, p: &Projection) -> StoreResult<()> {
     let conv = &p.conversation;
-    tx.execute(
+    tx.run(
         "INSERT INTO conversations (id, store_id, customer_id, status, agent_id, agent_name, \
          created_at_ms, resolved_at_ms, intent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, agent_id = excluded.agent_id, \
@@ -40,7 +41,7 @@ pub(super) async fn write_projection(tx: &Transaction<'_>, p: &Projection) -> St
     .await?;
     if !p.participants.is_empty() {
         let stmt = tx
-            .prepare(
+            .prepare_cached(
                 "INSERT INTO participants (conversation, participant, kind, participant_id, \
                  display_name, joined_at_ms) VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (conversation, participant) DO UPDATE SET \
@@ -65,7 +66,7 @@ pub(super) async fn write_projection(tx: &Transaction<'_>, p: &Projection) -> St
     let mut inserted = 0u64;
     if !p.messages.is_empty() {
         let stmt = tx
-            .prepare(
+            .prepare_cached(
                 "INSERT INTO messages (id, conversation, store_id, sender_kind, sender_id, \
                  sender_name, body, sent_at_ms, intent, attachment) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
@@ -92,7 +93,7 @@ pub(super) async fn write_projection(tx: &Transaction<'_>, p: &Projection) -> St
         }
     }
     if inserted > 0 {
-        tx.execute(
+        tx.run(
             "UPDATE conversations SET message_count = message_count + $2, \
              last_message_at_ms = (SELECT max(sent_at_ms) FROM messages WHERE conversation = $1), \
              first_customer_message_at_ms = (SELECT min(sent_at_ms) FROM messages \

@@ -11,12 +11,20 @@
 //!   seen by a round that runs after it, and a round that ran first is erased with the rest);
 //!   `save_synced` then also locks the document row (`FOR UPDATE`), under which the
 //!   compare-and-swap on the version and the next chunk number are race-free;
-//! - audit appends take one fixed advisory lock ([`audit_append`]), first in their transaction,
+//! - audit appends take one fixed advisory lock (`audit_append`), first in their transaction,
 //!   so the chain has one head across processes; locks are always taken in the order audit,
 //!   document, store row, so two transactions never wait for each other in a cycle;
 //! - a change other replicas keep in memory is announced with `pg_notify` in the transaction
-//!   that makes it ([`notify`]); each process LISTENs on a dedicated connection and hands the
-//!   others' notifications to [`HubStore::events`] (`listen.rs`).
+//!   that makes it (`notify`); each process LISTENs on a dedicated connection and hands the
+//!   others' notifications to [`HubStore::events`] (`listen.rs`). A receiver that lags behind
+//!   the channel's capacity misses events (`RecvError::Lagged`): it must resynchronise as for
+//!   [`ReplicaEvent::Resync`].
+//!
+//! Deployment notes: a process holds up to `max_connections` pooled connections, one more that
+//! listens, and one more while it migrates at start. Connections are made without TLS
+//! (`NoTls`; a URL that requires TLS is refused). The first migration creates the `pg_trgm`
+//! extension (trusted: the role needs CREATE on the database, or an administrator creates it
+//! first). Erased rows are dead tuples until (auto)vacuum; see `erase_document`.
 
 mod hq;
 mod listen;
@@ -28,7 +36,8 @@ mod tests;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::future::BoxFuture;
 use tokio::sync::{broadcast, watch};
-use tokio_postgres::{IsolationLevel, NoTls, Transaction};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 use super::{
     Account, ConversationDetail, ConversationFilter, ConversationSummary, EnrollOutcome,
@@ -228,9 +237,9 @@ impl From<Event> for ReplicaEvent {
 
 /// Announces a change to the other replicas, delivered when (and only if) the transaction
 /// commits.
-async fn notify(tx: &Transaction<'_>, replica: &str, event: Event) -> StoreResult<()> {
+async fn notify(tx: &Tx<'_>, replica: &str, event: Event) -> StoreResult<()> {
     let payload = payload(replica, event);
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+    tx.run("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
         .await?;
     Ok(())
 }
@@ -250,8 +259,8 @@ fn payload(replica: &str, event: Event) -> String {
 }
 
 /// Serialises the transactions that write one document (held until commit or rollback).
-async fn lock_document(tx: &Transaction<'_>, doc_key: &str) -> StoreResult<()> {
-    tx.execute(
+async fn lock_document(tx: &Tx<'_>, doc_key: &str) -> StoreResult<()> {
+    tx.run(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
         &[&DOCUMENT_LOCK_SPACE, &doc_key],
     )
@@ -262,7 +271,7 @@ async fn lock_document(tx: &Transaction<'_>, doc_key: &str) -> StoreResult<()> {
 /// Appends an audit entry inside the caller's transaction, under the audit lock (which the
 /// transaction then holds until it ends, so the next appender, in any replica, reads this entry
 /// as the head). Audited transactions call [`lock_audit`] first, before any other lock.
-async fn audit_append(tx: &Transaction<'_>, record: &Record) -> StoreResult<Entry> {
+async fn audit_append(tx: &Tx<'_>, record: &Record) -> StoreResult<Entry> {
     lock_audit(tx).await?;
     let head = tx
         .query_opt(
@@ -285,7 +294,7 @@ async fn audit_append(tx: &Transaction<'_>, record: &Record) -> StoreResult<Entr
         hash: String::new(),
     };
     entry.hash = entry.computed_hash();
-    tx.execute(
+    tx.run(
         "INSERT INTO audit_log (seq, at_ms, actor, action, target, details, prev_hash, hash) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
@@ -303,11 +312,60 @@ async fn audit_append(tx: &Transaction<'_>, record: &Record) -> StoreResult<Entr
     Ok(entry)
 }
 
-async fn lock_audit(tx: &Transaction<'_>) -> StoreResult<()> {
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+async fn lock_audit(tx: &Tx<'_>) -> StoreResult<()> {
+    tx.run("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
         .await?;
     Ok(())
 }
+
+/// A transaction on a pooled connection.
+type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+/// Queries through the connection's statement cache (deadpool's `prepare_cached`): each
+/// statement is parsed once per connection, and then costs one round trip. For the fixed SQL of
+/// this module; the HQ queries built at run time go uncached.
+trait Cached {
+    async fn run(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<u64>;
+    async fn one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Row>;
+    async fn opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Option<Row>>;
+    async fn all(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Vec<Row>>;
+}
+
+macro_rules! cached {
+    ($($ty:ty),*) => {$(
+        impl Cached for $ty {
+            async fn run(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<u64> {
+                let statement = self.prepare_cached(sql).await?;
+                Ok(self.execute(&statement, params).await?)
+            }
+
+            async fn one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Row> {
+                let statement = self.prepare_cached(sql).await?;
+                Ok(self.query_one(&statement, params).await?)
+            }
+
+            async fn opt(
+                &self,
+                sql: &str,
+                params: &[&(dyn ToSql + Sync)],
+            ) -> StoreResult<Option<Row>> {
+                let statement = self.prepare_cached(sql).await?;
+                Ok(self.query_opt(&statement, params).await?)
+            }
+
+            async fn all(
+                &self,
+                sql: &str,
+                params: &[&(dyn ToSql + Sync)],
+            ) -> StoreResult<Vec<Row>> {
+                let statement = self.prepare_cached(sql).await?;
+                Ok(self.query(&statement, params).await?)
+            }
+        }
+    )*};
+}
+
+cached!(Tx<'_>, deadpool_postgres::Object);
 
 const STORE_COLUMNS: &str = "id, name, region, created_at_ms, enrolled_at_ms, last_sync_at_ms, \
                              revoked, credential_hash";
@@ -342,13 +400,13 @@ fn strings(rows: Vec<tokio_postgres::Row>) -> Vec<String> {
 // runs inside the caller's transaction.
 
 async fn insert_account(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     username: &str,
     password_hash: &str,
     role: &str,
 ) -> StoreResult<String> {
     let id = ulid::Ulid::new().to_string();
-    tx.execute(
+    tx.run(
         "INSERT INTO accounts (id, username, password_hash, role, created_at_ms) \
          VALUES ($1, $2, $3, $4, $5)",
         &[
@@ -364,17 +422,17 @@ async fn insert_account(
 }
 
 async fn insert_session(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     token_hash: &[u8],
     account_id: &str,
     expires_at_ms: u64,
 ) -> StoreResult<()> {
-    tx.execute(
+    tx.run(
         "DELETE FROM sessions WHERE expires_at_ms < $1",
         &[&(crate::now_ms() as i64)],
     )
     .await?;
-    tx.execute(
+    tx.run(
         "INSERT INTO sessions (token_hash, account_id, expires_at_ms) VALUES ($1, $2, $3)",
         &[&token_hash, &account_id, &(expires_at_ms as i64)],
     )
@@ -382,7 +440,7 @@ async fn insert_session(
     Ok(())
 }
 
-async fn insert_store(tx: &Transaction<'_>, store: &NewStore) -> StoreResult<bool> {
+async fn insert_store(tx: &Tx<'_>, store: &NewStore) -> StoreResult<bool> {
     let inserted = tx
         .execute(
             "INSERT INTO stores (id, name, region, created_at_ms, token_hash, \
@@ -401,7 +459,7 @@ async fn insert_store(tx: &Transaction<'_>, store: &NewStore) -> StoreResult<boo
 }
 
 async fn enroll_in(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     store_id: &str,
     token_hash: &[u8],
     credential_hash: &[u8],
@@ -431,7 +489,7 @@ async fn enroll_in(
     } else if expires <= now_ms {
         EnrollOutcome::TokenExpired
     } else {
-        tx.execute(
+        tx.run(
             "UPDATE stores SET token_used = true, credential_hash = $2, enrolled_at_ms = $3 \
              WHERE id = $1",
             &[&store_id, &credential_hash, &(now_ms as i64)],
@@ -441,7 +499,7 @@ async fn enroll_in(
     })
 }
 
-async fn revoke(tx: &Transaction<'_>, replica: &str, store_id: &str) -> StoreResult<bool> {
+async fn revoke(tx: &Tx<'_>, replica: &str, store_id: &str) -> StoreResult<bool> {
     let revoked = tx
         .execute(
             "UPDATE stores SET revoked = true, credential_hash = NULL WHERE id = $1",
@@ -464,8 +522,8 @@ async fn revoke(tx: &Transaction<'_>, replica: &str, store_id: &str) -> StoreRes
 
 /// Appends the next chunk of a document (numbered after the last; the caller holds the
 /// document's lock).
-async fn append_chunk(tx: &Transaction<'_>, doc_key: &str, chunk: &[u8]) -> StoreResult<()> {
-    tx.execute(
+async fn append_chunk(tx: &Tx<'_>, doc_key: &str, chunk: &[u8]) -> StoreResult<()> {
+    tx.run(
         "INSERT INTO doc_chunks (doc_key, seq, bytes) \
          SELECT $1, coalesce(max(seq), 0) + 1, $2 FROM doc_chunks WHERE doc_key = $1",
         &[&doc_key, &chunk],
@@ -475,7 +533,7 @@ async fn append_chunk(tx: &Transaction<'_>, doc_key: &str, chunk: &[u8]) -> Stor
 }
 
 async fn store_document(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     replica: &str,
     doc_key: &str,
     origin_store: &str,
@@ -513,11 +571,7 @@ async fn store_document(
 
 /// One synced round (SQLite's `write_synced`): `None` when the document is erased (nothing is
 /// written; the caller rolls back).
-async fn write_synced(
-    tx: &Transaction<'_>,
-    replica: &str,
-    w: &SyncWrite,
-) -> StoreResult<Option<SyncSaved>> {
+async fn write_synced(tx: &Tx<'_>, replica: &str, w: &SyncWrite) -> StoreResult<Option<SyncSaved>> {
     // Under the document's lock an erasure either committed before (its tombstone is seen
     // here) or runs after this round, erasing it with the rest.
     lock_document(tx, &w.doc_key).await?;
@@ -558,7 +612,7 @@ async fn write_synced(
         } else {
             w.heads.clone()
         };
-        tx.execute(
+        tx.run(
             "UPDATE documents SET heads = $2, updated_at_ms = $3, version = $4 WHERE key = $1",
             &[&w.doc_key, &heads, &now, &(version + 1)],
         )
@@ -566,7 +620,7 @@ async fn write_synced(
         (stale, version + 1)
     };
     if w.replace_chunks && !stale {
-        tx.execute("DELETE FROM doc_chunks WHERE doc_key = $1", &[&w.doc_key])
+        tx.run("DELETE FROM doc_chunks WHERE doc_key = $1", &[&w.doc_key])
             .await?;
     }
     if !w.chunk.is_empty() {
@@ -581,7 +635,7 @@ async fn write_synced(
         )
         .await?;
     }
-    tx.execute(
+    tx.run(
         "INSERT INTO sync_states (store_id, doc_key, state) VALUES ($1, $2, $3) \
          ON CONFLICT (store_id, doc_key) DO UPDATE SET state = excluded.state",
         &[&w.store_id, &w.doc_key, &w.sync_state],
@@ -590,7 +644,7 @@ async fn write_synced(
     if let Some(projection) = &w.projection {
         hq::write_projection(tx, projection).await?;
     }
-    tx.execute(
+    tx.run(
         "UPDATE stores SET last_sync_at_ms = $2 WHERE id = $1",
         &[&w.store_id, &now],
     )
@@ -608,10 +662,7 @@ async fn write_synced(
 /// The deleted rows stay in the table files as dead tuples until (auto)vacuum reclaims their
 /// space for reuse; for the bytes to leave the disk at once, `VACUUM (FULL)` the tables (it
 /// cannot run inside a transaction, and it locks them while it runs): docs/ explains it.
-async fn erase_document(
-    tx: &Transaction<'_>,
-    doc_key: &str,
-) -> StoreResult<Option<ErasedDocument>> {
+async fn erase_document(tx: &Tx<'_>, doc_key: &str) -> StoreResult<Option<ErasedDocument>> {
     let Some(row) = tx
         .query_opt(
             "SELECT origin_store FROM documents WHERE key = $1 FOR UPDATE",
@@ -623,7 +674,7 @@ async fn erase_document(
     };
     let mut holders: Vec<String> = vec![row.get(0)];
     for store in strings(
-        tx.query(
+        tx.all(
             "SELECT store_id FROM shares WHERE doc_key = $1",
             &[&doc_key],
         )
@@ -639,7 +690,7 @@ async fn erase_document(
             "DELETE FROM participants WHERE conversation = $1",
             "DELETE FROM conversations WHERE id = $1",
         ] {
-            tx.execute(sql, &[&id]).await?;
+            tx.run(sql, &[&id]).await?;
         }
     }
     for sql in [
@@ -649,7 +700,7 @@ async fn erase_document(
         "DELETE FROM handoffs WHERE doc_key = $1",
         "DELETE FROM documents WHERE key = $1",
     ] {
-        tx.execute(sql, &[&doc_key]).await?;
+        tx.run(sql, &[&doc_key]).await?;
     }
     Ok(Some(ErasedDocument {
         doc_key: doc_key.to_owned(),
@@ -687,7 +738,7 @@ impl HubStore for PostgresStore {
     fn account_by_username(&self, username: String) -> BoxFuture<'_, StoreResult<Option<Account>>> {
         Box::pin(async move {
             let c = self.client().await?;
-            Ok(c.query_opt(
+            Ok(c.opt(
                 "SELECT id, username, password_hash, role FROM accounts WHERE username = $1",
                 &[&username],
             )
@@ -719,7 +770,7 @@ impl HubStore for PostgresStore {
     ) -> BoxFuture<'_, StoreResult<Option<Account>>> {
         Box::pin(async move {
             let c = self.client().await?;
-            Ok(c.query_opt(
+            Ok(c.opt(
                 "SELECT a.id, a.username, a.password_hash, a.role FROM sessions s \
                  JOIN accounts a ON a.id = s.account_id \
                  WHERE s.token_hash = $1 AND s.expires_at_ms > $2",
@@ -770,7 +821,7 @@ impl HubStore for PostgresStore {
     fn store(&self, store_id: String) -> BoxFuture<'_, StoreResult<Option<StoreRecord>>> {
         Box::pin(async move {
             let c = self.client().await?;
-            Ok(c.query_opt(
+            Ok(c.opt(
                 &format!("SELECT {STORE_COLUMNS} FROM stores WHERE id = $1"),
                 &[&store_id],
             )
@@ -796,7 +847,7 @@ impl HubStore for PostgresStore {
     fn touch_store(&self, store_id: String, now_ms: u64) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             let c = self.client().await?;
-            c.execute(
+            c.run(
                 "UPDATE stores SET last_sync_at_ms = $2 WHERE id = $1",
                 &[&store_id, &(now_ms as i64)],
             )
@@ -865,7 +916,7 @@ impl HubStore for PostgresStore {
     ) -> BoxFuture<'_, StoreResult<Option<Vec<u8>>>> {
         Box::pin(async move {
             let c = self.client().await?;
-            Ok(c.query_opt(
+            Ok(c.opt(
                 "SELECT state FROM sync_states WHERE store_id = $1 AND doc_key = $2",
                 &[&store_id, &doc_key],
             )
@@ -911,7 +962,7 @@ impl HubStore for PostgresStore {
     fn register_handoff(&self, h: NewHandoff) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             let c = self.client().await?;
-            c.execute(
+            c.run(
                 "INSERT INTO handoffs (code_hash, doc_key, store_id, expires_at_ms) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (code_hash) DO NOTHING",
                 &[
@@ -976,7 +1027,7 @@ impl HubStore for PostgresStore {
             let mark_used =
                 "UPDATE handoffs SET used_at_ms = $2, used_by = $3 WHERE code_hash = $1";
             if issuer == store_id {
-                tx.execute(mark_used, &[&code_hash, &(now_ms as i64), &store_id])
+                tx.run(mark_used, &[&code_hash, &(now_ms as i64), &store_id])
                     .await?;
                 tx.commit().await?;
                 return Ok(Redeemed::Own);
@@ -992,7 +1043,7 @@ impl HubStore for PostgresStore {
                 return Ok(Redeemed::NotSynced);
             };
             let origin_store: String = origin.get(0);
-            tx.execute(mark_used, &[&code_hash, &(now_ms as i64), &store_id])
+            tx.run(mark_used, &[&code_hash, &(now_ms as i64), &store_id])
                 .await?;
             if origin_store != store_id {
                 let shared = tx
@@ -1021,7 +1072,7 @@ impl HubStore for PostgresStore {
     fn shares(&self) -> BoxFuture<'_, StoreResult<Vec<(String, String)>>> {
         Box::pin(async move {
             let c = self.client().await?;
-            let rows = c.query("SELECT doc_key, store_id FROM shares", &[]).await?;
+            let rows = c.all("SELECT doc_key, store_id FROM shares", &[]).await?;
             Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         })
     }
@@ -1030,7 +1081,7 @@ impl HubStore for PostgresStore {
         Box::pin(async move {
             let c = self.client().await?;
             Ok(strings(
-                c.query(
+                c.all(
                     "SELECT store_id FROM shares WHERE doc_key = $1 ORDER BY 1",
                     &[&doc_key],
                 )
@@ -1069,7 +1120,7 @@ impl HubStore for PostgresStore {
         Box::pin(async move {
             let c = self.client().await?;
             Ok(strings(
-                c.query(
+                c.all(
                     "SELECT d.key FROM documents d LEFT JOIN conversations c \
                      ON c.id = substr(d.key, length('conversation:') + 1) \
                      WHERE d.key LIKE 'conversation:%' AND c.id IS NULL ORDER BY d.key",
@@ -1172,7 +1223,7 @@ impl HubStore for PostgresStore {
                     notify(&tx, &self.replica_id, event).await?;
                     erased.push(doc);
                 }
-                tx.execute(
+                tx.run(
                     "INSERT INTO erased_documents (doc_key, erased_at_ms, reason, requested_by) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (doc_key) DO NOTHING",
                     &[
@@ -1196,7 +1247,7 @@ impl HubStore for PostgresStore {
         Box::pin(async move {
             let c = self.client().await?;
             let found: std::collections::HashSet<String> = strings(
-                c.query(
+                c.all(
                     "SELECT doc_key FROM erased_documents WHERE doc_key = ANY($1)",
                     &[&doc_keys],
                 )
@@ -1212,7 +1263,7 @@ impl HubStore for PostgresStore {
         Box::pin(async move {
             let c = self.client().await?;
             Ok(strings(
-                c.query(
+                c.all(
                     "SELECT 'conversation:' || id FROM conversations WHERE customer_id = $1 \
                      ORDER BY id",
                     &[&customer_id],
@@ -1230,7 +1281,7 @@ impl HubStore for PostgresStore {
         Box::pin(async move {
             let c = self.client().await?;
             Ok(strings(
-                c.query(
+                c.all(
                     "SELECT 'conversation:' || id FROM conversations \
                      WHERE status = 'resolved' AND resolved_at_ms < $1 \
                      ORDER BY resolved_at_ms LIMIT $2",
@@ -1249,14 +1300,14 @@ impl HubStore for PostgresStore {
     fn identity(&self, proposed: String) -> BoxFuture<'_, StoreResult<String>> {
         Box::pin(async move {
             let c = self.client().await?;
-            c.execute(
+            c.run(
                 "INSERT INTO hub_meta (name, value) VALUES ('identity', $1) \
                  ON CONFLICT (name) DO NOTHING",
                 &[&proposed],
             )
             .await?;
             Ok(
-                c.query_one("SELECT value FROM hub_meta WHERE name = 'identity'", &[])
+                c.one("SELECT value FROM hub_meta WHERE name = 'identity'", &[])
                     .await?
                     .get(0),
             )

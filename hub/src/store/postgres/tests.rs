@@ -516,3 +516,18 @@ async fn replicas_racing_erasures_and_redemptions() {
     r1.stop();
     r2.stop();
 }
+
+/// The public futures can be spawned (server.rs and main.rs run them on the runtime), and the
+/// store is shared as both traits.
+#[test]
+fn the_public_api_is_send() {
+    fn send<T: Send>(_: &T) {}
+    let connect = PostgresStore::connect("postgres://x@127.0.0.1:1/x", 1, "r".into(), 1);
+    send(&connect);
+    let verify = verify_audit("postgres://x@127.0.0.1:1/x");
+    send(&verify);
+    fn shared(store: Arc<PostgresStore>) -> (Arc<dyn HubStore>, Arc<dyn AuditLog>) {
+        (store.clone(), store)
+    }
+    let _ = shared;
+}
