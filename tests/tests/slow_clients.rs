@@ -29,13 +29,15 @@ const MAX_ROUNDS: usize = 25;
 const BODY_CHARS: usize = 2000;
 /// Sends a customer keeps in flight.
 const WINDOW: usize = 8;
-/// Growth of the server's resident memory allowed over the whole flood. Generous: the
-/// messages themselves are stored in the conversations' documents the writer keeps in
-/// memory; what the stalled tablets may hold is bounded by their queues (frames shared with
-/// the reading tablet) and tungstenite's write buffer. SQLite's page caches, which fill
-/// with the flood's pages as they please (64 MB for the writer by default), are set small
-/// in this test so that they do not drown what is measured.
-const RSS_GROWTH_BOUND_BYTES: u64 = 48 * 1024 * 1024;
+/// Growth of the server's resident memory allowed over the whole flood. What grows, measured
+/// at 17–37 MiB (debug and release builds): the conversations' documents the writer keeps in
+/// memory (the messages themselves), the frames queued for the stalled tablets (at most
+/// `max_outbound_frames` each) and the allocator's slack. SQLite's page caches, which fill
+/// with the flood's pages as they please (64 MB for the writer by default, which made the
+/// growth vary from 20 to 66 MiB between runs), are set small in this test. A server that
+/// kept queueing for the stalled tablets would hold every frame sent to them (6 × 6.4 MB on top
+/// of the rest) and never drop them, which the kick and `slow_consumer` checks catch first.
+const RSS_GROWTH_BOUND_BYTES: u64 = 64 * 1024 * 1024;
 /// The SQLite page caches of the edge under test, in KiB each.
 const PAGE_CACHE_KIB: u32 = 2_000;
 
