@@ -27,6 +27,9 @@ pub struct Limits {
     /// server's `max_connections` must cover every replica's pool plus one listening
     /// connection each.
     pub postgres_pool_connections: usize,
+    /// Longest wait of a request for a pooled PostgreSQL connection (or for a new one to
+    /// open); past it the request fails with `internal` and the timeout is logged.
+    pub postgres_pool_wait_ms: u64,
     /// Changes of other replicas waiting to be applied to this one's in-memory state; a
     /// replica that falls this far behind rebuilds that state from the database instead
     /// (`aisle_hub_replica_events_total{kind="resync"}`).
@@ -93,6 +96,7 @@ impl Default for Limits {
             max_concurrent_password_hashes: 4,
             reader_threads: 2,
             postgres_pool_connections: 16,
+            postgres_pool_wait_ms: 5_000,
             max_replica_events: 4096,
             default_page_conversations: 50,
             max_page_conversations: 200,
@@ -143,6 +147,7 @@ impl Limits {
                 self.postgres_pool_connections as u64,
             ),
             ("max_replica_events", self.max_replica_events as u64),
+            ("postgres_pool_wait_ms", self.postgres_pool_wait_ms),
             (
                 "default_page_conversations",
                 self.default_page_conversations as u64,

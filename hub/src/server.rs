@@ -199,6 +199,7 @@ impl Backend {
                 let store = PostgresStore::connect(
                     url,
                     config.limits.postgres_pool_connections,
+                    std::time::Duration::from_millis(config.limits.postgres_pool_wait_ms),
                     replica_id.clone(),
                     config.limits.max_replica_events,
                 )

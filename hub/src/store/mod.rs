@@ -44,6 +44,15 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(err: deadpool_postgres::PoolError) -> Self {
         match err {
             deadpool_postgres::PoolError::Backend(err) => err.into(),
+            deadpool_postgres::PoolError::Timeout(kind) => {
+                tracing::error!(
+                    ?kind,
+                    limit = "postgres_pool_wait_ms",
+                    "no PostgreSQL connection within the pool's wait limit"
+                );
+                crate::metrics::METRICS.limit("postgres_pool_wait_ms");
+                StoreError::Postgres(format!("pool: timed out ({kind:?})"))
+            }
             other => StoreError::Postgres(format!("pool: {other}")),
         }
     }

@@ -71,9 +71,12 @@ impl PostgresStore {
     /// Connects (pool of at most `max_connections`), checks the database is UTF8, takes a
     /// session advisory lock while applying versioned migrations (replicas may start at once),
     /// starts the LISTEN task. `replica_id` names this process in notifications.
+    /// A request waits at most `pool_wait` for a pooled connection (then fails with a storage
+    /// error, logged): a stalled database must not queue requests without end.
     pub async fn connect(
         url: &str,
         max_connections: usize,
+        pool_wait: std::time::Duration,
         replica_id: String,
         event_capacity: usize,
     ) -> StoreResult<PostgresStore> {
@@ -97,6 +100,8 @@ impl PostgresStore {
         );
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
+            .wait_timeout(Some(pool_wait))
+            .create_timeout(Some(pool_wait))
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|err| StoreError::Postgres(format!("building the pool: {err}")))?;

@@ -13,6 +13,9 @@ use tokio_postgres::NoTls;
 use super::super::conformance::{self, add_store, round};
 use super::*;
 
+/// How long a test's request waits for a pooled connection.
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn superuser_url() -> Option<String> {
     std::env::var("HUB_TEST_POSTGRES_URL")
         .ok()
@@ -53,7 +56,7 @@ async fn fresh_database(test: &str) -> Option<String> {
 }
 
 async fn open(url: &str, replica: &str) -> PostgresStore {
-    PostgresStore::connect(url, 4, replica.into(), 1024)
+    PostgresStore::connect(url, 4, POOL_WAIT, replica.into(), 1024)
         .await
         .unwrap()
 }
@@ -359,8 +362,8 @@ async fn replicas_starting_at_once_migrate_once() {
         return;
     };
     let (r1, r2) = tokio::join!(
-        PostgresStore::connect(&url, 2, "r1".into(), 16),
-        PostgresStore::connect(&url, 2, "r2".into(), 16)
+        PostgresStore::connect(&url, 2, POOL_WAIT, "r1".into(), 16),
+        PostgresStore::connect(&url, 2, POOL_WAIT, "r2".into(), 16)
     );
     let (r1, r2) = (r1.unwrap(), r2.unwrap());
     let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
@@ -385,7 +388,7 @@ async fn replicas_starting_at_once_migrate_once() {
         .await
         .unwrap();
     assert!(matches!(
-        PostgresStore::connect(&url, 1, "r4".into(), 1).await,
+        PostgresStore::connect(&url, 1, POOL_WAIT, "r4".into(), 1).await,
         Err(StoreError::Schema(_))
     ));
     for r in [r1, r2, r3] {
@@ -522,7 +525,7 @@ async fn replicas_racing_erasures_and_redemptions() {
 #[test]
 fn the_public_api_is_send() {
     fn send<T: Send>(_: &T) {}
-    let connect = PostgresStore::connect("postgres://x@127.0.0.1:1/x", 1, "r".into(), 1);
+    let connect = PostgresStore::connect("postgres://x@127.0.0.1:1/x", 1, POOL_WAIT, "r".into(), 1);
     send(&connect);
     let verify = verify_audit("postgres://x@127.0.0.1:1/x");
     send(&verify);
