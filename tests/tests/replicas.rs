@@ -164,6 +164,13 @@ async fn two_replicas_serve_one_region_and_a_dead_one_loses_nothing() {
     history.insert(from_a.clone(), body);
     hub_holds_exactly(&r2, &conv, &history).await;
 
+    // An HQ session opened at one replica is good at the other (the balancer may send the
+    // dashboard's next request anywhere).
+    let token = r1.admin_token().await;
+    r2.http()
+        .get("/api/conversations", Some(&token))
+        .await
+        .expect(200);
     // HQ finds messages of both stores on either replica (Chinese included).
     for hub in [&mut r1, &mut r2] {
         hq_finds(hub, "蓝色 jacket", &first).await;
