@@ -649,11 +649,6 @@ async fn write_synced(tx: &Tx<'_>, replica: &str, w: &SyncWrite) -> StoreResult<
     if let Some(projection) = &w.projection {
         hq::write_projection(tx, projection).await?;
     }
-    tx.run(
-        "UPDATE stores SET last_sync_at_ms = $2 WHERE id = $1",
-        &[&w.store_id, &now],
-    )
-    .await?;
     Ok(Some(SyncSaved {
         created,
         version,
@@ -930,26 +925,46 @@ impl HubStore for PostgresStore {
         })
     }
 
+    /// The write runs on a task of its own, not in the returned future: a sync session keeps
+    /// up to 64 rounds' writes pending and polls them only between its own steps, and a
+    /// transaction that waits to be polled holds a pooled connection and its locks (the
+    /// store's row, the document's) while the session waits for a connection of the pool in
+    /// turn — with the SQLite back end the writer thread works on its own anyway.
     fn save_synced(&self, w: SyncWrite) -> BoxFuture<'_, StoreResult<SyncSaved>> {
-        Box::pin(async move {
-            let mut c = self.client().await?;
+        let pool = self.pool.clone();
+        let replica = self.replica_id.clone();
+        let task = tokio::spawn(async move {
+            let mut c = pool.get().await?;
             let tx = c.transaction().await?;
-            match write_synced(&tx, &self.replica_id, &w).await? {
+            let saved = match write_synced(&tx, &replica, &w).await? {
                 Some(saved) => {
                     tx.commit().await?;
-                    Ok(saved)
+                    saved
                 }
                 // A round that raced an erasure of its document is dropped, never written
                 // back: the store that sent it is told to erase its copy (sync.rs).
                 None => {
                     tx.rollback().await?;
-                    Ok(SyncSaved {
+                    return Ok(SyncSaved {
                         created: false,
                         version: 0,
                         stale: false,
-                    })
+                    });
                 }
-            }
+            };
+            // The store's last sync time, after the commit and at most once a second: inside
+            // the transaction the store's row lock would serialise every round of the store.
+            c.run(
+                "UPDATE stores SET last_sync_at_ms = $2::bigint WHERE id = $1 \
+                 AND (last_sync_at_ms IS NULL OR last_sync_at_ms < $2::bigint - 1000)",
+                &[&w.store_id, &(w.now_ms as i64)],
+            )
+            .await?;
+            Ok(saved)
+        });
+        Box::pin(async move {
+            task.await
+                .map_err(|err| StoreError::Postgres(format!("a sync write's task failed: {err}")))?
         })
     }
 
