@@ -18,16 +18,17 @@
 use std::sync::Arc;
 
 use aisle_sync::DocumentKey;
+use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::App;
 use crate::metrics::METRICS;
 use crate::store::ReplicaEvent;
 
-/// Applies other replicas' changes until the store's event stream ends. Does nothing for a
-/// store only this process writes (SQLite).
-pub async fn follow(app: Arc<App>) {
-    let Some(mut events) = app.store.events() else {
+/// Applies other replicas' changes (`events`, subscribed before the in-memory state was
+/// loaded) until the stream ends. Does nothing for a store only this process writes (SQLite).
+pub async fn follow(app: Arc<App>, events: Option<Receiver<ReplicaEvent>>) {
+    let Some(mut events) = events else {
         return;
     };
     loop {

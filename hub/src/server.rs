@@ -70,6 +70,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         addr: config.listen,
         source,
     })?;
+    // Subscribed before the shares are read: a share another replica commits in between is
+    // then in the map or in the events, never in neither.
+    let replica_events = store.events();
     let app = Arc::new(App {
         sync_connections: Arc::new(Semaphore::new(config.limits.max_sync_connections)),
         password_hashes: Semaphore::new(config.limits.max_concurrent_password_hashes),
@@ -83,7 +86,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         config,
     });
     tokio::spawn(crate::erasure::sweep(Arc::clone(&app)));
-    tokio::spawn(crate::replica::follow(Arc::clone(&app)));
+    tokio::spawn(crate::replica::follow(Arc::clone(&app), replica_events));
     tracing::info!(
         addr = %local,
         region = %app.config.region,
@@ -237,21 +240,27 @@ impl Backend {
     }
 }
 
-/// A database URL fit for a log line: its password replaced by `***`.
+/// A database URL fit for a log line: user, hosts, ports and database name from the parsed
+/// URL, never its text (a password may sit in the authority or in `?password=`).
 pub fn without_password(url: &str) -> String {
-    match url.parse::<tokio_postgres::Config>() {
-        Ok(config) if config.get_password().is_some() => match url.split_once("://") {
-            Some((scheme, rest)) => match rest.rsplit_once('@') {
-                Some((credentials, host)) => {
-                    let user = credentials.split(':').next().unwrap_or("");
-                    format!("{scheme}://{user}:***@{host}")
-                }
-                None => url.to_owned(),
-            },
-            None => "(a postgres URL)".to_owned(),
-        },
-        _ => url.to_owned(),
-    }
+    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+        return "(an unreadable postgres URL)".to_owned();
+    };
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(host, port)| match host {
+            tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+            tokio_postgres::config::Host::Unix(path) => format!("{}:{port}", path.display()),
+        })
+        .collect();
+    format!(
+        "postgres://{}@{}/{}",
+        config.get_user().unwrap_or(""),
+        hosts.join(","),
+        config.get_dbname().unwrap_or("")
+    )
 }
 
 /// An empty hub gets one `hq_admin` account; its login is printed once, on stdout.
@@ -282,4 +291,29 @@ async fn create_first_admin(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn a_database_url_is_logged_without_its_password() {
+        for url in [
+            "postgres://hub:s3cret@db.internal:5433/region",
+            "postgres://hub@db.internal:5433/region?password=s3cret",
+            "postgresql://db.internal/region?user=hub&password=s3cret",
+        ] {
+            let shown = without_password(url);
+            assert!(!shown.contains("s3cret"), "{url} → {shown}");
+            assert!(
+                shown.contains("db.internal") && shown.contains("region"),
+                "{shown}"
+            );
+        }
+        assert_eq!(
+            without_password("postgres://hub:pw@db:5433/region"),
+            "postgres://hub@db:5433/region"
+        );
+    }
 }

@@ -1128,35 +1128,60 @@ impl Session {
                 return Next::Close("storage error");
             }
         }
-        let Some(conversation) = self.docs.get_mut(key) else {
-            if self.erased.contains(key) {
-                // Erased while its round was committing (the write was dropped at commit).
-                self.peer.on_error(key);
-                let answer = Self::doc_error(key, codes::ERASED, "the conversation was erased");
-                if self.send(&answer).await.is_err() {
-                    return Next::Close("send failed");
-                }
-                return Next::Continue;
+        if self.erased.contains(key) {
+            // Erased while its round was committing (the write was dropped at commit).
+            self.peer.on_error(key);
+            let answer = Self::doc_error(key, codes::ERASED, "the conversation was erased");
+            if self.send(&answer).await.is_err() {
+                return Next::Close("send failed");
             }
+            return Next::Continue;
+        }
+        if stale || !self.docs.contains_key(key) {
+            // Stale: another session (another store continuing the conversation, or a session
+            // at another hub replica) wrote it since this copy was loaded. Nothing was lost
+            // (the chunk was appended), but this copy lacks their changes: the stored document
+            // is merged into it, so the answer offers the store the merged document, and the
+            // HQ row this round may have rewritten from the older copy is projected again
+            // from the merged one. Missing: dropped meanwhile (trimmed, or a second round's
+            // stale reload): it reloads.
+            if stale {
+                METRICS.stale_writes.inc();
+            }
+            if let Err(reason) = self.refresh(key).await {
+                let _ = self.send(&Self::internal(reason)).await;
+                return Next::Close("storage error");
+            }
+            if stale && let Err(err) = self.reproject(key).await {
+                tracing::error!(doc = %key, error = %err, "projecting a merged document");
+                METRICS.projection_failures.inc();
+            }
+        }
+        let Some(conversation) = self.docs.get_mut(key) else {
             let _ = self.send(&Self::internal("document vanished")).await;
             return Next::Close("storage error");
         };
         let answer = self.peer.answer(key, conversation);
-        if stale {
-            // Another session (another store continuing the conversation, or a session at
-            // another hub replica) wrote it since this copy was loaded: nothing was lost (the
-            // chunk was appended), but this copy lacks their changes. It reloads, and the
-            // store is offered the merged document.
-            self.docs.remove(key);
-            self.versions.remove(key);
-            self.peer.want(key.clone());
-            METRICS.stale_writes.inc();
-        }
         self.trim_documents(key);
         if self.send(&answer).await.is_err() {
             return Next::Close("send failed");
         }
         Next::Continue
+    }
+
+    /// Writes the HQ projection of this session's whole copy of `key` (after a merge).
+    async fn reproject(&mut self, key: &DocumentKey) -> StoreResult<()> {
+        let Some(conversation) = self.docs.get_mut(key) else {
+            return Ok(());
+        };
+        let projection = cpu_work(0, || {
+            let delta = conversation.changes_since(&[]);
+            projection::of_round(conversation, delta)
+        });
+        match projection {
+            Some(projection) => self.app.store.save_projection(projection).await,
+            None => Ok(()),
+        }
     }
 
     /// Keeps at most `max_session_documents` in memory: documents with no open round (other

@@ -320,7 +320,7 @@ pub(super) async fn search_messages(
     }
     for term in &q.terms {
         sql += &format!(
-            " AND m.body ILIKE {} ESCAPE '\\'",
+            " AND m.body ILIKE {} ESCAPE E'\\\\'",
             args.push(like_pattern(term))
         );
     }

@@ -91,8 +91,22 @@ impl PostgresStore {
             let _ = driver.await;
             migrated?;
         }
+        // A replica that vanishes mid-transaction (a network cut) must not keep its locks (the
+        // audit chain's, a document's) until TCP gives up hours later: the server ends such a
+        // session after a minute idle in its transaction, and keepalives notice a dead peer.
+        let mut pool_config = config.clone();
+        let options = format!(
+            "{} -c idle_in_transaction_session_timeout=60000",
+            config.get_options().unwrap_or("")
+        );
+        pool_config
+            .options(options.trim())
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(30))
+            .keepalives_interval(std::time::Duration::from_secs(10))
+            .keepalives_retries(3);
         let manager = Manager::from_config(
-            config.clone(),
+            pool_config,
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -630,6 +644,21 @@ async fn write_synced(tx: &Tx<'_>, replica: &str, w: &SyncWrite) -> StoreResult<
     }
     if !w.chunk.is_empty() {
         append_chunk(tx, &w.doc_key, &w.chunk).await?;
+    }
+    // Other replicas need to hear of a change only when a store other than the writer syncs
+    // the document (its origin, or a store it was continued at): a NOTIFY takes a
+    // database-wide lock at commit, so the common case (a store's own, unshared conversation)
+    // goes without.
+    let others_sync_it = !w.chunk.is_empty()
+        && (w.store_id != origin_store
+            || tx
+                .query_opt(
+                    "SELECT 1 FROM shares WHERE doc_key = $1 LIMIT 1",
+                    &[&w.doc_key],
+                )
+                .await?
+                .is_some());
+    if others_sync_it {
         notify(
             tx,
             replica,
@@ -954,12 +983,17 @@ impl HubStore for PostgresStore {
             };
             // The store's last sync time, after the commit and at most once a second: inside
             // the transaction the store's row lock would serialise every round of the store.
-            c.run(
-                "UPDATE stores SET last_sync_at_ms = $2::bigint WHERE id = $1 \
-                 AND (last_sync_at_ms IS NULL OR last_sync_at_ms < $2::bigint - 1000)",
-                &[&w.store_id, &(w.now_ms as i64)],
-            )
-            .await?;
+            // The round is committed whatever happens here.
+            if let Err(err) = c
+                .run(
+                    "UPDATE stores SET last_sync_at_ms = $2::bigint WHERE id = $1 \
+                     AND (last_sync_at_ms IS NULL OR last_sync_at_ms < $2::bigint - 1000)",
+                    &[&w.store_id, &(w.now_ms as i64)],
+                )
+                .await
+            {
+                tracing::warn!(store_id = %w.store_id, error = %err, "recording a store's last sync");
+            }
             Ok(saved)
         });
         Box::pin(async move {

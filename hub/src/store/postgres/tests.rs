@@ -258,14 +258,9 @@ async fn replicas_hear_each_others_changes_and_not_their_own() {
         add_store(&r1, s).await;
     }
     let key = "conversation:e".to_owned();
+    // A store's own, unshared conversation concerns no other replica: no notification (the
+    // first event heard below is the share).
     r1.save_synced(round("s1", &key, vec![1])).await.unwrap();
-    assert_eq!(
-        next(&mut from_r1).await,
-        ReplicaEvent::DocumentChanged {
-            doc_key: key.clone(),
-            origin_store: "s1".into()
-        }
-    );
     // A round without a chunk changes no document.
     r1.save_synced(round("s1", &key, vec![])).await.unwrap();
     r1.register_handoff(NewHandoff {
@@ -286,6 +281,18 @@ async fn replicas_hear_each_others_changes_and_not_their_own() {
             store_id: "s2".into()
         }
     );
+    // Shared now: the origin's rounds and the other store's are heard.
+    r1.save_synced(round("s1", &key, vec![2])).await.unwrap();
+    r1.save_synced(round("s2", &key, vec![3])).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            next(&mut from_r1).await,
+            ReplicaEvent::DocumentChanged {
+                doc_key: key.clone(),
+                origin_store: "s1".into()
+            }
+        );
+    }
     assert!(r1.revoke_store("s3".into()).await.unwrap());
     assert_eq!(
         next(&mut from_r1).await,
@@ -342,7 +349,11 @@ async fn replicas_hear_each_others_changes_and_not_their_own() {
     )
     .await;
     assert_eq!(next(&mut from_r1).await, ReplicaEvent::Resync);
+    // (A round of a store other than the origin: heard by the replicas.)
     r1.save_synced(round("s1", "conversation:after", vec![1]))
+        .await
+        .unwrap();
+    r1.save_synced(round("s2", "conversation:after", vec![2]))
         .await
         .unwrap();
     assert_eq!(
