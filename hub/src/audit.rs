@@ -143,6 +143,30 @@ pub fn refusal_reason(outcome: EnrollOutcome) -> Option<&'static str> {
     }
 }
 
+/// The entry of an enrollment attempt: `store_enrolled`, or `store_enrollment_refused` with
+/// the reason. The id as sent (bounded: it may be anything) names the store that tried.
+pub fn enrollment_record(store_id: &str, outcome: EnrollOutcome) -> Record {
+    let target: String = store_id.chars().take(128).collect();
+    match refusal_reason(outcome) {
+        None => Record::new(
+            actor::store(&target),
+            "store_enrolled",
+            &target,
+            serde_json::json!({}),
+        ),
+        Some(reason) => Record::new(
+            if outcome == EnrollOutcome::UnknownStore {
+                actor::ANONYMOUS.to_owned()
+            } else {
+                actor::store(&target)
+            },
+            "store_enrollment_refused",
+            &target,
+            serde_json::json!({ "reason": reason }),
+        ),
+    }
+}
+
 /// Appends an entry inside the caller's transaction (on the writer thread) and returns it.
 /// This is the one way the hub writes entries; erasures call it in the transaction that
 /// deletes.

@@ -25,7 +25,7 @@ type ApiResult<T> = Result<T, ApiError>;
 type RawParams = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
 const HQ_ROLES: &[&str] = &[ROLE_ADMIN, ROLE_VIEWER];
-const HOUR_MS: u64 = 3_600_000;
+use crate::store::HOUR_MS;
 /// Characters of context on each side of a match in a search snippet.
 const SNIPPET_CONTEXT_CHARS: usize = 30;
 /// Longest intent name accepted in a filter.

@@ -6,8 +6,6 @@ use super::*;
 use crate::audit::{AuditLog, Record};
 use crate::projection::Projection;
 
-const HOUR_MS: u64 = 3_600_000;
-
 pub(super) async fn add_store(store: &dyn HubStore, id: &str) {
     assert!(
         store

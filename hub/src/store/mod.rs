@@ -349,6 +349,44 @@ pub fn union_heads(a: &[u8], b: &[u8]) -> Vec<u8> {
     heads.concat()
 }
 
+/// One hour, in ms (the figures' volume buckets).
+pub const HOUR_MS: u64 = 3_600_000;
+
+/// Every hour of the figures' range with its counts, from `(hour number, count)` rows of
+/// messages and of new conversations (hour number = ms / `HOUR_MS`, as text); hours without a
+/// row count 0.
+pub fn hour_volumes(
+    q: &FiguresQuery,
+    message_hours: Vec<(String, u64)>,
+    conversation_hours: Vec<(String, u64)>,
+) -> Vec<HourVolume> {
+    let first = q.from_ms / HOUR_MS;
+    let mut hours: Vec<HourVolume> = (first..q.to_ms.div_ceil(HOUR_MS))
+        .map(|h| HourVolume {
+            hour_start_ms: h * HOUR_MS,
+            messages: 0,
+            new_conversations: 0,
+        })
+        .collect();
+    let slot = |key: &str| {
+        key.parse::<u64>()
+            .ok()
+            .and_then(|h| h.checked_sub(first))
+            .map(|i| i as usize)
+    };
+    for (key, n) in message_hours {
+        if let Some(h) = slot(&key).and_then(|i| hours.get_mut(i)) {
+            h.messages = n;
+        }
+    }
+    for (key, n) in conversation_hours {
+        if let Some(h) = slot(&key).and_then(|i| hours.get_mut(i)) {
+            h.new_conversations = n;
+        }
+    }
+    hours
+}
+
 /// The hub's storage.
 pub trait HubStore: Send + Sync + 'static {
     fn count_accounts(&self) -> BoxFuture<'_, StoreResult<u64>>;

@@ -13,10 +13,10 @@ use tokio::sync::oneshot;
 
 use super::{
     Account, ConversationDetail, ConversationFilter, ConversationSummary, DurationStats,
-    EnrollOutcome, ErasedDocument, Erasure, Figures, FiguresQuery, GroupFigures, HourVolume,
-    HubStore, ManifestRow, NewHandoff, NewStore, ParticipantView, Redeemed, SearchHit,
-    SearchMethod, SearchQuery, Sender, StoreError, StoreRecord, StoreResult, StoredDocument,
-    SyncSaved, SyncWrite, TranscriptMessage, schema,
+    EnrollOutcome, ErasedDocument, Erasure, Figures, FiguresQuery, GroupFigures, HubStore,
+    ManifestRow, NewHandoff, NewStore, ParticipantView, Redeemed, SearchHit, SearchMethod,
+    SearchQuery, Sender, StoreError, StoreRecord, StoreResult, StoredDocument, SyncSaved,
+    SyncWrite, TranscriptMessage, schema,
 };
 use crate::audit::{self, Anchor, AuditLog, Entry, Record};
 use crate::projection::Projection;
@@ -1048,26 +1048,7 @@ impl AuditLog for SqliteStore {
         self.writer.run(move |c| {
             let tx = c.transaction()?;
             let outcome = enroll_in(&tx, &store_id, &token_hash, &credential_hash, now_ms)?;
-            // The id as sent (bounded: it may be anything) names the store that tried.
-            let target: String = store_id.chars().take(128).collect();
-            let record = match audit::refusal_reason(outcome) {
-                None => Record::new(
-                    audit::actor::store(&target),
-                    "store_enrolled",
-                    &target,
-                    serde_json::json!({}),
-                ),
-                Some(reason) => Record::new(
-                    if outcome == EnrollOutcome::UnknownStore {
-                        audit::actor::ANONYMOUS.to_owned()
-                    } else {
-                        audit::actor::store(&target)
-                    },
-                    "store_enrollment_refused",
-                    &target,
-                    serde_json::json!({ "reason": reason }),
-                ),
-            };
+            let record = audit::enrollment_record(&store_id, outcome);
             audit::append(&tx, &record)?;
             tx.commit()?;
             Ok(outcome)
@@ -1419,7 +1400,7 @@ fn search_messages(
     Ok((method, rows.collect::<Result<Vec<_>, _>>()?))
 }
 
-const HOUR_MS: u64 = 3_600_000;
+use super::HOUR_MS;
 
 /// Duration statistics of conversations created in the range, grouped by `group` (an SQL
 /// expression over `conversations`): nearest-rank percentiles computed by SQLite's window
@@ -1541,30 +1522,7 @@ fn figures(c: &mut Connection, q: &FiguresQuery) -> rusqlite::Result<Figures> {
         &hour,
         ["created_at_ms", "store_id"],
     )?;
-    let first = q.from_ms / HOUR_MS;
-    let mut hours: Vec<HourVolume> = (first..q.to_ms.div_ceil(HOUR_MS))
-        .map(|h| HourVolume {
-            hour_start_ms: h * HOUR_MS,
-            messages: 0,
-            new_conversations: 0,
-        })
-        .collect();
-    let slot = |key: &str| {
-        key.parse::<u64>()
-            .ok()
-            .and_then(|h| h.checked_sub(first))
-            .map(|i| i as usize)
-    };
-    for (key, n) in message_hours {
-        if let Some(h) = slot(&key).and_then(|i| hours.get_mut(i)) {
-            h.messages = n;
-        }
-    }
-    for (key, n) in conversation_hours {
-        if let Some(h) = slot(&key).and_then(|i| hours.get_mut(i)) {
-            h.new_conversations = n;
-        }
-    }
+    let hours = super::hour_volumes(q, message_hours, conversation_hours);
     let [(_, mut all), (_, by_store), (_, by_intent)] = groups;
     Ok(Figures {
         hours,

@@ -9,8 +9,8 @@ use tokio_postgres::{Row, Transaction};
 use super::super::sqlite::TRIGRAM_CHARS;
 use super::super::{
     ConversationDetail, ConversationFilter, ConversationSummary, DurationStats, Figures,
-    FiguresQuery, GroupFigures, HourVolume, ParticipantView, SearchHit, SearchMethod, SearchQuery,
-    Sender, StoreResult, TranscriptMessage,
+    FiguresQuery, GroupFigures, ParticipantView, SearchHit, SearchMethod, SearchQuery, Sender,
+    StoreResult, TranscriptMessage,
 };
 use super::{Cached, Tx};
 use crate::projection::Projection;
@@ -347,7 +347,7 @@ pub(super) async fn search_messages(
     Ok((method, hits))
 }
 
-const HOUR_MS: u64 = 3_600_000;
+use crate::store::HOUR_MS;
 
 /// Duration statistics of conversations created in the range, grouped by `group` (an SQL
 /// expression over `conversations`): nearest-rank percentiles computed with window functions.
@@ -465,30 +465,7 @@ pub(super) async fn figures(tx: &Transaction<'_>, q: &FiguresQuery) -> StoreResu
     let hour = format!("created_at_ms / {HOUR_MS}");
     let conversation_hours =
         counts(tx, q, "conversations", &hour, ["created_at_ms", "store_id"]).await?;
-    let first = q.from_ms / HOUR_MS;
-    let mut hours: Vec<HourVolume> = (first..q.to_ms.div_ceil(HOUR_MS))
-        .map(|h| HourVolume {
-            hour_start_ms: h * HOUR_MS,
-            messages: 0,
-            new_conversations: 0,
-        })
-        .collect();
-    let slot = |key: &str| {
-        key.parse::<u64>()
-            .ok()
-            .and_then(|h| h.checked_sub(first))
-            .map(|i| i as usize)
-    };
-    for (key, n) in message_hours {
-        if let Some(h) = slot(&key).and_then(|i| hours.get_mut(i)) {
-            h.messages = n;
-        }
-    }
-    for (key, n) in conversation_hours {
-        if let Some(h) = slot(&key).and_then(|i| hours.get_mut(i)) {
-            h.new_conversations = n;
-        }
-    }
+    let hours = crate::store::hour_volumes(q, message_hours, conversation_hours);
     let [(_, mut all), (_, by_store), (_, by_intent)] = groups;
     Ok(Figures {
         hours,

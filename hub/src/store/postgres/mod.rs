@@ -1479,26 +1479,7 @@ impl AuditLog for PostgresStore {
             let tx = c.transaction().await?;
             lock_audit(&tx).await?;
             let outcome = enroll_in(&tx, &store_id, &token_hash, &credential_hash, now_ms).await?;
-            // The id as sent (bounded: it may be anything) names the store that tried.
-            let target: String = store_id.chars().take(128).collect();
-            let record = match audit::refusal_reason(outcome) {
-                None => Record::new(
-                    audit::actor::store(&target),
-                    "store_enrolled",
-                    &target,
-                    serde_json::json!({}),
-                ),
-                Some(reason) => Record::new(
-                    if outcome == EnrollOutcome::UnknownStore {
-                        audit::actor::ANONYMOUS.to_owned()
-                    } else {
-                        audit::actor::store(&target)
-                    },
-                    "store_enrollment_refused",
-                    &target,
-                    serde_json::json!({ "reason": reason }),
-                ),
-            };
+            let record = audit::enrollment_record(&store_id, outcome);
             audit_append(&tx, &record).await?;
             tx.commit().await?;
             Ok(outcome)
