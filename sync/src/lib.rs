@@ -56,7 +56,7 @@ pub use protocol::{
 pub use session::{
     Event, EventKind, Fold, Rejected, Rejection, SessionState, Status, fold, transition,
 };
-pub use settings::{CannedReply, Settings};
+pub use settings::{CannedReply, HqLayer, LayerScope, Settings};
 pub use wire::{decode_frame, encode_frame, manifest_frames};
 
 /// Version of the document layout described in [`conversation`]; stored in [`Meta`].

@@ -7,12 +7,16 @@
 //! |------------------|-------|------------------------------------------------------------|
 //! | `meta`           | bytes | JSON of [`SettingsMeta`] (written once, by the hub)          |
 //! | `canned_replies` | map   | reply id → JSON of [`CannedReply`]                         |
+//! | `hq_region`      | bytes | JSON of [`HqLayer`]: HQ's settings for every store         |
+//! | `hq_store`       | bytes | JSON of [`HqLayer`]: HQ's settings for this store          |
 //!
 //! **Only the hub writes it** (it is the document's creator, as the opening store is for a
 //! conversation); the edge receives it by sync, starting from [`Settings::empty_for_sync`], and
 //! projects it into its own tables. Replies are replaced whole (last writer wins per reply id),
-//! and removed by deleting their key. Later settings (issue 9: routing rules, limits, bot
-//! policy) add root keys next to `canned_replies`.
+//! and removed by deleting their key. HQ's layers of the live settings (`aisle-settings`:
+//! routing rules, capacity, bot policy, hours, retention) are root scalars replaced whole, so
+//! two hub replicas writing at once leave one of the two whole layers, never a mix, and no
+//! container is ever created twice.
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
@@ -24,6 +28,8 @@ use crate::peer::SyncedDoc;
 
 const META: &str = "meta";
 const CANNED_REPLIES: &str = "canned_replies";
+const HQ_REGION: &str = "hq_region";
+const HQ_STORE: &str = "hq_store";
 
 /// Version of the settings document layout.
 pub const SETTINGS_SCHEMA_VERSION: u32 = 1;
@@ -43,6 +49,37 @@ pub struct CannedReply {
     pub title: String,
     pub body: String,
     pub updated_at_ms: u64,
+}
+
+/// Which of HQ's two layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerScope {
+    /// Set for every store of the region (written into each store's document).
+    Region,
+    /// Set for this store only; wins over the region's.
+    Store,
+}
+
+impl LayerScope {
+    fn key(self) -> &'static str {
+        match self {
+            LayerScope::Region => HQ_REGION,
+            LayerScope::Store => HQ_STORE,
+        }
+    }
+}
+
+/// One of HQ's layers of a store's live settings, replaced whole at each edit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HqLayer {
+    /// Grows with every edit of this layer (the hub's clock in ms, or one more than the
+    /// previous version): the version in force at a store is the larger of its two layers'.
+    pub version: u64,
+    /// Who made the edit (`hq:<user id>`), for the stores' audit logs.
+    pub author: String,
+    pub updated_at_ms: u64,
+    /// A partial settings object in the shape of `aisle_settings::StoreSettings`.
+    pub settings: serde_json::Value,
 }
 
 /// A replica of one store's settings document.
@@ -145,6 +182,41 @@ impl Settings {
                     })
             })
             .collect()
+    }
+
+    /// Replaces one of HQ's layers.
+    pub fn put_layer(&mut self, scope: LayerScope, layer: &HqLayer) -> Result<(), SyncError> {
+        self.doc.put(
+            ROOT,
+            scope.key(),
+            serde_json::to_vec(layer).expect("plain struct serialises"),
+        )?;
+        Ok(())
+    }
+
+    /// One of HQ's layers, if HQ set it. A layer that does not decode is an error.
+    pub fn layer(&self, scope: LayerScope) -> Result<Option<HqLayer>, SyncError> {
+        match self.doc.get(ROOT, scope.key())? {
+            None => Ok(None),
+            Some((automerge::Value::Scalar(s), _)) => {
+                match s.as_ref() {
+                    automerge::ScalarValue::Bytes(b) => serde_json::from_slice(b)
+                        .map(Some)
+                        .map_err(|_| SyncError::Corrupt {
+                            what: "settings layer",
+                            key: scope.key().to_owned(),
+                        }),
+                    _ => Err(SyncError::Corrupt {
+                        what: "settings layer",
+                        key: scope.key().to_owned(),
+                    }),
+                }
+            }
+            Some(_) => Err(SyncError::Corrupt {
+                what: "settings layer",
+                key: scope.key().to_owned(),
+            }),
+        }
     }
 
     /// The whole document in Automerge's compact format.
@@ -320,6 +392,29 @@ mod tests {
         let bytes = edge.save();
         let loaded = Settings::load(&bytes).unwrap();
         assert_eq!(loaded.canned_replies().unwrap(), replies);
+    }
+
+    #[test]
+    fn hq_layers_reach_the_store_and_are_replaced_whole() {
+        let mut hub = Settings::create("store-1").unwrap();
+        let layer = |version, capacity| HqLayer {
+            version,
+            author: "hq:ops".into(),
+            updated_at_ms: version,
+            settings: serde_json::json!({"routing": {"capacity_per_staff": capacity}}),
+        };
+        hub.put_layer(LayerScope::Region, &layer(10, 4)).unwrap();
+        let mut edge = Settings::empty_for_sync("store-1");
+        sync_pair(&mut hub, &mut edge);
+        assert_eq!(edge.layer(LayerScope::Region).unwrap(), Some(layer(10, 4)));
+        assert_eq!(edge.layer(LayerScope::Store).unwrap(), None);
+        hub.put_layer(LayerScope::Region, &layer(11, 6)).unwrap();
+        hub.put_layer(LayerScope::Store, &layer(12, 2)).unwrap();
+        sync_pair(&mut hub, &mut edge);
+        assert_eq!(edge.layer(LayerScope::Region).unwrap(), Some(layer(11, 6)));
+        assert_eq!(edge.layer(LayerScope::Store).unwrap(), Some(layer(12, 2)));
+        let loaded = Settings::load(&edge.save()).unwrap();
+        assert_eq!(loaded.layer(LayerScope::Store).unwrap(), Some(layer(12, 2)));
     }
 
     #[test]
