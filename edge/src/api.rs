@@ -335,7 +335,12 @@ pub struct NewStaff {
     password: String,
     #[serde(default = "default_role")]
     role: String,
+    /// Unset: the account follows the store's `routing.capacity_per_staff`.
     capacity: Option<u32>,
+    #[serde(default)]
+    team: Option<String>,
+    #[serde(default)]
+    skills: Vec<String>,
 }
 
 fn default_role() -> String {
@@ -375,6 +380,33 @@ fn check_staff_fields(
     Ok(())
 }
 
+/// A team or skills list routing rules can name: short names, no duplicates.
+fn check_routing_tags(team: Option<&str>, skills: Option<&[String]>) -> Result<(), ApiError> {
+    let bad = |m: String| Err(ApiError::new(Code::BadRequest, m));
+    let max = aisle_settings::limits::MAX_NAME_BYTES;
+    if let Some(team) = team
+        && (team.trim().is_empty() || team.len() > max)
+    {
+        return bad(format!("team must be 1 to {max} bytes"));
+    }
+    if let Some(skills) = skills {
+        if skills.len() > aisle_settings::limits::MAX_LIST_ITEMS {
+            return bad(format!(
+                "at most {} skills",
+                aisle_settings::limits::MAX_LIST_ITEMS
+            ));
+        }
+        for (i, skill) in skills.iter().enumerate() {
+            if skill.trim().is_empty() || skill.len() > max || skills[..i].contains(skill) {
+                return bad(format!(
+                    "skills are distinct names of 1 to {max} bytes ({skill:?})"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn create_staff(
     State(app): AppState,
     auth: StaffAuth,
@@ -398,6 +430,7 @@ pub async fn create_staff(
         Some(&new.role),
         new.capacity,
     )?;
+    check_routing_tags(new.team.as_deref(), Some(&new.skills))?;
     let password = new.password.clone();
     let hash = blocking_hash(&app, move || auth::hash_password(&password)).await??;
     let staff = StaffView {
@@ -405,9 +438,17 @@ pub async fn create_staff(
         username: new.username,
         name: new.name.trim().to_owned(),
         role: new.role,
-        capacity: new
-            .capacity
-            .unwrap_or(app.config.routing.capacity_per_staff),
+        capacity: new.capacity.unwrap_or(
+            app.settings
+                .current()
+                .resolved
+                .settings
+                .routing
+                .capacity_per_staff,
+        ),
+        capacity_follows_store: new.capacity.is_none(),
+        team: new.team,
+        skills: new.skills,
         disabled: false,
     };
     let row = staff.clone();
@@ -436,8 +477,9 @@ pub fn insert_staff(
         return Err(ApiError::new(Code::Conflict, "that username is taken"));
     }
     conn.execute(
-        "INSERT INTO staff (id, username, name, password_hash, role, capacity, disabled, created_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
+        "INSERT INTO staff (id, username, name, password_hash, role, capacity, disabled, created_at_ms,
+                            capacity_follows_store, team, skills)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10)",
         rusqlite::params![
             staff.id.to_string(),
             staff.username,
@@ -445,7 +487,10 @@ pub fn insert_staff(
             hash,
             staff.role,
             staff.capacity,
-            now_ms() as i64
+            now_ms() as i64,
+            staff.capacity_follows_store,
+            staff.team,
+            serde_json::to_string(&staff.skills).map_err(ApiError::internal)?,
         ],
     )?;
     audit::append(
@@ -453,7 +498,8 @@ pub fn insert_staff(
         by,
         "staff_created",
         &staff.id.to_string(),
-        json!({ "username": staff.username, "role": staff.role, "capacity": staff.capacity }),
+        json!({ "username": staff.username, "role": staff.role, "capacity": staff.capacity,
+                "team": staff.team, "skills": staff.skills }),
     )?;
     Ok(())
 }
@@ -464,6 +510,10 @@ pub struct StaffPatch {
     password: Option<String>,
     role: Option<String>,
     capacity: Option<u32>,
+    /// True: the account follows the store's capacity again (a `capacity` given sets its own).
+    capacity_follows_store: Option<bool>,
+    team: Option<String>,
+    skills: Option<Vec<String>>,
     disabled: Option<bool>,
 }
 
@@ -483,6 +533,14 @@ pub async fn update_staff(
         patch.role.as_deref(),
         patch.capacity,
     )?;
+    check_routing_tags(patch.team.as_deref(), patch.skills.as_deref())?;
+    let store_capacity = app
+        .settings
+        .current()
+        .resolved
+        .settings
+        .routing
+        .capacity_per_staff;
     let hash = match patch.password.clone() {
         Some(password) => Some(blocking_hash(&app, move || auth::hash_password(&password)).await??),
         None => None,
@@ -517,8 +575,24 @@ pub async fn update_staff(
             }
             if let Some(capacity) = patch.capacity {
                 conn.execute(
-                    "UPDATE staff SET capacity = ?2 WHERE id = ?1",
+                    "UPDATE staff SET capacity = ?2, capacity_follows_store = 0 WHERE id = ?1",
                     rusqlite::params![key, capacity],
+                )?;
+            }
+            if patch.capacity_follows_store == Some(true) {
+                conn.execute(
+                    "UPDATE staff SET capacity = ?2, capacity_follows_store = 1 WHERE id = ?1",
+                    rusqlite::params![key, store_capacity],
+                )?;
+            }
+            if let Some(team) = &patch.team {
+                conn.execute("UPDATE staff SET team = ?2 WHERE id = ?1", [&key, team])?;
+            }
+            if let Some(skills) = &patch.skills {
+                let skills = serde_json::to_string(skills).map_err(ApiError::internal)?;
+                conn.execute(
+                    "UPDATE staff SET skills = ?2 WHERE id = ?1",
+                    [&key, &skills],
                 )?;
             }
             if let Some(disabled) = patch.disabled {
@@ -564,11 +638,19 @@ fn audit_staff_patch(
     if patch.password.is_some() {
         fields.push("password");
     }
-    if patch.capacity.is_some() {
+    if patch.capacity.is_some() || patch.capacity_follows_store.is_some() {
         fields.push("capacity");
     }
+    if patch.team.is_some() {
+        fields.push("team");
+    }
+    if patch.skills.is_some() {
+        fields.push("skills");
+    }
     if !fields.is_empty() {
-        let details = json!({ "fields": fields, "capacity": patch.capacity });
+        let details = json!({ "fields": fields, "capacity": patch.capacity,
+            "capacity_follows_store": patch.capacity_follows_store,
+            "team": patch.team, "skills": patch.skills });
         audit::append(conn, by, "staff_changed", id, details)?;
     }
     if let Some(role) = patch.role.as_deref().filter(|role| *role != role_before) {
@@ -1031,16 +1113,21 @@ async fn redeem_code(app: &Arc<App>, code: String) -> ApiResult {
     .into_response())
 }
 
-/// `GET /api/bot-policy` (staff): what the bot may answer alone.
+/// `GET /api/bot-policy` (staff): what the bot may answer alone, as in force (the admin's
+/// policy unless HQ set one: `source` says which).
 pub async fn get_bot_policy(State(app): AppState, _auth: StaffAuth) -> ApiResult {
-    let policy = app.reader.read(crate::bot::BotPolicy::load).await?;
-    Ok(
-        Json(json!({ "bot_policy": policy, "never": ["complaint", "human_agent"] }))
-            .into_response(),
-    )
+    let in_force = app.settings.current();
+    let source = in_force.resolved.sources.get("bot.intents").copied();
+    Ok(Json(json!({
+        "bot_policy": in_force.resolved.settings.bot,
+        "source": source,
+        "never": aisle_settings::BOT_NEVER,
+    }))
+    .into_response())
 }
 
-/// `PUT /api/bot-policy` (admin): `{"intents":["store_info"],"min_confidence":0.85}`.
+/// `PUT /api/bot-policy` (admin): `{"intents":["store_info"],"min_confidence":0.85}`: the
+/// admin's layer of the live settings (HQ's layers, when they set the bot, still win).
 pub async fn put_bot_policy(
     State(app): AppState,
     auth: StaffAuth,
@@ -1050,18 +1137,46 @@ pub async fn put_bot_policy(
     policy.validate()?;
     let saved = policy.clone();
     let by = audit::actor::staff(auth.0.staff.id);
+    let by_audit = by.clone();
     app.writer
         .exec(move |conn| {
             saved.save(conn)?;
             let details =
                 json!({ "intents": saved.intents, "min_confidence": saved.min_confidence });
-            audit::append(conn, &by, "bot_policy_changed", "", details)?;
+            audit::append(conn, &by_audit, "bot_policy_changed", "", details)?;
             Ok(())
         })
         .await?;
+    let layer = json!({ "bot": policy });
+    match app.settings.set_admin(layer, &by) {
+        Ok(Some(applied)) => {
+            let live = Arc::clone(&app.settings);
+            app.writer
+                .exec(move |conn| crate::settings::record(conn, &live, &applied, &by))
+                .await?;
+        }
+        Ok(None) => {}
+        Err(err) => return Err(ApiError::new(Code::InvalidSettings, err.to_string())),
+    }
     tracing::info!(by = %auth.0.staff.username, intents = ?policy.intents,
         min_confidence = policy.min_confidence, "bot policy changed");
-    Ok(Json(json!({ "bot_policy": policy })).into_response())
+    let in_force = app.settings.current();
+    Ok(Json(json!({
+        "bot_policy": policy,
+        "in_force": in_force.resolved.settings.bot,
+        "source": in_force.resolved.sources.get("bot.intents"),
+    }))
+    .into_response())
+}
+
+/// `GET /api/v1/settings` (staff): the live settings in force, where each value came from
+/// (`default`, `file`, `admin`, `hq_region`, `hq_store`), the layers, the generation and HQ's
+/// version in force, and the last refused change.
+pub async fn get_settings(State(app): AppState, _auth: StaffAuth) -> ApiResult {
+    let in_force = app.settings.current();
+    let mut body = serde_json::to_value(&*in_force).map_err(ApiError::internal)?;
+    body["layers"] = app.settings.layers();
+    Ok(Json(body).into_response())
 }
 
 /// `GET /api/bot-answers?limit=` (admin): the bot's audit trail, newest first.

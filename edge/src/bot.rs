@@ -98,16 +98,15 @@ impl BotPolicy {
             && self.intents.contains(&intent.label)
     }
 
-    /// The policy in force (the default when none was saved).
-    pub fn load(conn: &Connection) -> Result<Self, ApiError> {
+    /// The admin's saved policy as a settings layer (`{"bot": …}`; null when never saved):
+    /// it sits above the box's file and under HQ's layers (crate::settings).
+    pub fn saved(conn: &Connection) -> Result<Option<Self>, ApiError> {
         let json: Option<String> = conn
             .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
             .query_row([SETTINGS_KEY], |r| r.get(0))
             .optional()?;
-        match json {
-            None => Ok(Self::default()),
-            Some(text) => serde_json::from_str(&text).map_err(ApiError::internal),
-        }
+        json.map(|text| serde_json::from_str(&text).map_err(ApiError::internal))
+            .transpose()
     }
 
     pub fn save(&self, conn: &Connection) -> Result<(), ApiError> {
@@ -122,6 +121,14 @@ impl BotPolicy {
         ])?;
         Ok(())
     }
+}
+
+/// The store admin's layer of the live settings: the bot policy they saved, if any.
+pub fn admin_layer(conn: &Connection) -> Result<serde_json::Value, ApiError> {
+    Ok(match BotPolicy::saved(conn)? {
+        Some(policy) => serde_json::json!({ "bot": policy }),
+        None => serde_json::Value::Null,
+    })
 }
 
 #[cfg(test)]

@@ -38,9 +38,14 @@ pub struct Config {
     /// Serve the web pages from this directory (the repository's `web/`) instead of the copy
     /// embedded in the binary: for front-end work without a rebuild. Unset in production.
     pub web_dir: Option<PathBuf>,
-    pub routing: Routing,
+    /// Live settings (`aisle-settings`; docs/settings.md): this file is their `file` layer,
+    /// over the built-in defaults and under the store admin's and HQ's. Watched: a saved edit
+    /// applies without a restart.
+    pub routing: aisle_settings::Routing,
+    pub bot: aisle_settings::BotPolicy,
+    pub hours: aisle_settings::BusinessHours,
     /// How long the store keeps resolved conversations (the region's period, told by the hub,
-    /// wins when it sets one).
+    /// wins when it sets one). `resolved_conversation_secs` is a live setting.
     pub retention: Retention,
     pub hub: HubLink,
     pub model: ModelConfig,
@@ -122,13 +127,6 @@ pub struct HubLink {
     pub enroll_token: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct Routing {
-    /// Open chats a new staff account may hold at once (each account can override it).
-    pub capacity_per_staff: u32,
-}
-
 /// The store's own retention period, for a store without a hub or whose hub sets none: the
 /// region's period (sent by the hub in every sync `welcome`, kept in the database) wins.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -151,14 +149,6 @@ impl Default for Retention {
     }
 }
 
-impl Default for Routing {
-    fn default() -> Self {
-        Self {
-            capacity_per_staff: 8,
-        }
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -172,7 +162,9 @@ impl Default for Config {
             resume_token_ttl_secs: 30 * 24 * 3600,
             handoff_ttl_secs: 600,
             web_dir: None,
-            routing: Routing::default(),
+            routing: aisle_settings::Routing::default(),
+            bot: aisle_settings::BotPolicy::default(),
+            hours: aisle_settings::BusinessHours::default(),
             retention: Retention::default(),
             hub: HubLink::default(),
             model: ModelConfig::default(),
@@ -216,6 +208,9 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        self.live_settings()
+            .validate()
+            .map_err(|err| ConfigError::Invalid(err.to_string()))?;
         if self.retention.sweep_interval_secs == 0 {
             return Err(ConfigError::Invalid(
                 "retention.sweep_interval_secs must be positive".into(),
@@ -264,6 +259,18 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The live settings as this file (over the defaults) sets them.
+    pub fn live_settings(&self) -> aisle_settings::StoreSettings {
+        aisle_settings::StoreSettings {
+            routing: self.routing.clone(),
+            bot: self.bot.clone(),
+            hours: self.hours.clone(),
+            retention: aisle_settings::Retention {
+                resolved_conversation_secs: self.retention.resolved_conversation_secs,
+            },
+        }
     }
 
     pub fn database_path(&self) -> PathBuf {

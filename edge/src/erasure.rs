@@ -129,7 +129,15 @@ pub async fn retention_secs(app: &App) -> Result<(u64, bool), ApiError> {
     Ok(if region > 0 {
         (region, true)
     } else {
-        (app.config.retention.resolved_conversation_secs, false)
+        let in_force = app.settings.current();
+        (
+            in_force
+                .resolved
+                .settings
+                .retention
+                .resolved_conversation_secs,
+            false,
+        )
     })
 }
 

@@ -41,6 +41,8 @@ pub enum Code {
     HubUnavailable,
     BundleRejected,
     UpdatesUnavailable,
+    /// A live settings change that does not validate (the settings in force stay).
+    InvalidSettings,
     Internal,
 }
 
@@ -77,6 +79,7 @@ impl Code {
             Code::HubUnavailable => "hub_unavailable",
             Code::BundleRejected => "bundle_rejected",
             Code::UpdatesUnavailable => "updates_unavailable",
+            Code::InvalidSettings => "invalid_settings",
             Code::Internal => "internal",
         }
     }
@@ -88,6 +91,7 @@ impl Code {
             | Code::BadFrame
             | Code::BadRequest
             | Code::UnsupportedFrame
+            | Code::InvalidSettings
             | Code::MessageTooLong
             | Code::HelloRequired
             | Code::AlreadyHello => StatusCode::BAD_REQUEST,

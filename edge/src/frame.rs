@@ -345,7 +345,13 @@ pub struct StaffView {
     pub username: String,
     pub name: String,
     pub role: String,
+    /// Open chats at once: the account's own, or the store's `routing.capacity_per_staff`
+    /// when `capacity_follows_store`.
     pub capacity: u32,
+    pub capacity_follows_store: bool,
+    /// What routing rules can name (`assign.team`, `assign.skill`).
+    pub team: Option<String>,
+    pub skills: Vec<String>,
     pub disabled: bool,
 }
 

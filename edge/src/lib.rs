@@ -28,6 +28,7 @@ pub mod limits;
 pub mod metrics;
 pub mod routing;
 pub mod server;
+pub mod settings;
 pub mod shutdown;
 pub mod store;
 pub mod throttle;
@@ -76,4 +77,6 @@ pub struct App {
     pub update: update::Updates,
     /// Per-client limits: failed logins and codes, frames and new connections per IP.
     pub throttles: throttle::Throttles,
+    /// The live settings in force (routing, capacity, bot, hours, retention), swapped whole.
+    pub settings: Arc<settings::LiveSettings>,
 }

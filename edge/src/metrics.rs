@@ -45,6 +45,13 @@ pub struct Metrics {
     pub update_events: IntCounterVec,
     pub max_connections: IntGauge,
     pub open_files_limit: IntGauge,
+    /// Settings swaps since start (1: the set resolved at start).
+    pub settings_generation: IntGauge,
+    /// HQ's settings version in force (the larger of its region and store layers'; 0: none).
+    pub settings_hq_version: IntGauge,
+    /// Settings changes offered, by source (`file`, `admin`, `hq`) and outcome (`applied`,
+    /// `refused`).
+    pub settings_changes: IntCounterVec,
 }
 
 impl Metrics {
@@ -237,6 +244,25 @@ impl Metrics {
             "The process's soft RLIMIT_NOFILE after raising it to the hard limit at start",
         )
         .expect("metric");
+        let settings_generation = IntGauge::new(
+            "aisle_settings_generation",
+            "Live settings swaps since the process started (1: the set resolved at start)",
+        )
+        .expect("metric");
+        let settings_hq_version = IntGauge::new(
+            "aisle_settings_version",
+            "HQ's settings version in force at this store (the larger of the region and store \
+             layers' versions; 0 when HQ set nothing)",
+        )
+        .expect("metric");
+        let settings_changes = IntCounterVec::new(
+            Opts::new(
+                "aisle_settings_changes_total",
+                "Live settings changes offered, by source and outcome (applied or refused)",
+            ),
+            &["source", "outcome"],
+        )
+        .expect("metric");
 
         for collector in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
@@ -267,6 +293,9 @@ impl Metrics {
             Box::new(update_events.clone()),
             Box::new(max_connections.clone()),
             Box::new(open_files_limit.clone()),
+            Box::new(settings_generation.clone()),
+            Box::new(settings_hq_version.clone()),
+            Box::new(settings_changes.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -300,6 +329,9 @@ impl Metrics {
             update_events,
             max_connections,
             open_files_limit,
+            settings_generation,
+            settings_hq_version,
+            settings_changes,
         }
     }
 

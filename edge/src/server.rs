@@ -90,6 +90,7 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
     )?;
     let (stop_checkpoints, checkpoint_stop) = std::sync::mpsc::channel();
     let checkpoint_thread = aisle_service::checkpoint::start(&db_path, checkpoint_stop)?;
+    let settings = Arc::new(start_settings(&conn, &config)?);
     let delivery = Arc::new(Delivery::new());
     let changes = Arc::new(Changes::default());
     let (writer, writer_thread) = Writer::start(
@@ -98,6 +99,7 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
         config.store_id.clone(),
         Arc::clone(&delivery),
         Arc::clone(&changes),
+        Arc::clone(&settings),
     )
     .map_err(|e| StartError::Other(format!("starting the writer thread: {e}")))?;
 
@@ -133,8 +135,10 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
         model_error: Default::default(),
         update: updates,
         throttles,
+        settings,
     });
     let _model_watcher = crate::intent::watch(&app);
+    let _settings_watcher = crate::settings::watch(&app);
     let router = router(Arc::clone(&app));
     let uplink = tokio::spawn(crate::uplink::run(Arc::clone(&app)));
     tracing::info!(
@@ -241,6 +245,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/bot-policy",
             get(api::get_bot_policy).put(api::put_bot_policy),
         )
+        .route("/api/v1/settings", get(api::get_settings))
         .route("/api/bot-answers", get(api::bot_answers))
         .route("/api/audit", get(crate::audit::list))
         .route(
@@ -420,6 +425,24 @@ fn is_connection_error(err: &std::io::Error) -> bool {
     )
 }
 
+/// The live settings at start: the file's layer, the admin's, and HQ's from the stored
+/// settings document; accounts that follow the store's capacity get it.
+fn start_settings(
+    conn: &rusqlite::Connection,
+    config: &Config,
+) -> Result<crate::settings::LiveSettings, StartError> {
+    let file = crate::settings::file_layer(config.file.as_deref())
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    let admin = crate::bot::admin_layer(conn).map_err(|e| StartError::Other(e.message))?;
+    let (region, store) = crate::store::writer::replica::stored_hq_layers(conn, &config.store_id)
+        .map_err(|e| StartError::Other(e.message))?;
+    let live = crate::settings::LiveSettings::start(file, admin, region, store)
+        .map_err(|e| StartError::Other(format!("settings: {e}")))?;
+    crate::settings::project_capacity(conn, &live.current())
+        .map_err(|e| StartError::Other(e.message))?;
+    Ok(live)
+}
+
 /// An empty store gets one admin account; its login is printed once, on stdout.
 fn create_first_admin(conn: &rusqlite::Connection, config: &Config) -> Result<(), StartError> {
     let (password, generated) = match &config.first_admin_password {
@@ -433,6 +456,9 @@ fn create_first_admin(conn: &rusqlite::Connection, config: &Config) -> Result<()
         name: "Store admin".into(),
         role: "admin".into(),
         capacity: config.routing.capacity_per_staff,
+        capacity_follows_store: true,
+        team: None,
+        skills: Vec::new(),
         disabled: false,
     };
     // The account and its audit entry together.

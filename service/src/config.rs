@@ -35,3 +35,21 @@ where
     figment = figment.merge(Env::prefixed(env_prefix).split("__").ignore(&["config"]));
     Ok(figment.extract().map_err(Box::new)?)
 }
+
+/// What `file` and the environment set, without the defaults: the box's own layer of settings
+/// that are also set elsewhere (the edge's live settings), so that a value the box never set
+/// is not mistaken for one it chose. A missing file contributes nothing.
+pub fn file_and_env(
+    file: Option<&Path>,
+    env_prefix: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(file) = file {
+        if !file.exists() {
+            return Err(ConfigError::MissingFile(file.to_path_buf()));
+        }
+        figment = figment.merge(Toml::file(file));
+    }
+    figment = figment.merge(Env::prefixed(env_prefix).split("__").ignore(&["config"]));
+    Ok(figment.extract().map_err(Box::new)?)
+}

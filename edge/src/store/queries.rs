@@ -22,7 +22,13 @@ impl StaffSession {
     }
 }
 
-const STAFF_COLUMNS: &str = "id, username, name, role, capacity, disabled";
+const STAFF_COLUMNS: &str =
+    "id, username, name, role, capacity, disabled, capacity_follows_store, team, skills";
+
+/// A staff account's skills as stored (a JSON array of strings).
+fn skills_of(text: String) -> Vec<String> {
+    serde_json::from_str(&text).unwrap_or_default()
+}
 
 fn staff_row(row: &Row<'_>) -> rusqlite::Result<StaffView> {
     let id: String = row.get(0)?;
@@ -35,6 +41,9 @@ fn staff_row(row: &Row<'_>) -> rusqlite::Result<StaffView> {
         role: row.get(3)?,
         capacity: row.get(4)?,
         disabled: row.get(5)?,
+        capacity_follows_store: row.get(6)?,
+        team: row.get(7)?,
+        skills: skills_of(row.get(8)?),
     })
 }
 
@@ -68,6 +77,9 @@ pub fn staff_by_session(
                 role: r.get(4)?,
                 capacity: r.get(5)?,
                 disabled: r.get(6)?,
+                capacity_follows_store: r.get(7)?,
+                team: r.get(8)?,
+                skills: skills_of(r.get(9)?),
             };
             Ok((expires, staff))
         })
@@ -98,7 +110,7 @@ pub fn staff_for_login(
         .prepare_cached(&format!(
             "SELECT {STAFF_COLUMNS}, password_hash FROM staff WHERE username = ?1"
         ))?
-        .query_row([username], |r| Ok((staff_row(r)?, r.get(6)?)))
+        .query_row([username], |r| Ok((staff_row(r)?, r.get(9)?)))
         .optional()?)
 }
 
@@ -117,7 +129,7 @@ pub fn list_staff(conn: &Connection) -> Result<Vec<(StaffView, u32)>, ApiError> 
          FROM staff ORDER BY name"
     ))?;
     let rows = statement
-        .query_map([], |r| Ok((staff_row(r)?, r.get(6)?)))?
+        .query_map([], |r| Ok((staff_row(r)?, r.get(9)?)))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }

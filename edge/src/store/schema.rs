@@ -232,6 +232,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX erased_untold ON erased_conversations(hub_told) WHERE hub_told = 0;
     CREATE INDEX conversations_resolved ON conversations(resolved_at_ms) WHERE status = 'resolved';
     "#,
+    // 8: live settings (aisle-settings). Who routing rules can name: a staff member's team and
+    // skills. An account created without its own capacity follows the store's
+    // `routing.capacity_per_staff` (its `capacity` is rewritten when the settings in force
+    // change); accounts from before keep the capacity they were given.
+    r#"
+    ALTER TABLE staff ADD COLUMN team TEXT;
+    ALTER TABLE staff ADD COLUMN skills TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE staff ADD COLUMN capacity_follows_store INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Number of migrations this binary knows.

@@ -152,6 +152,7 @@ impl Writer {
         store_id: String,
         delivery: Arc<Delivery>,
         changes: Arc<replica::Changes>,
+        live: Arc<crate::settings::LiveSettings>,
     ) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
         let (commands, rx) = sync_channel(limits.max_write_queue);
         let state = State {
@@ -168,6 +169,7 @@ impl Writer {
             incoming: HashMap::new(),
             settings: None,
             incoming_session: 0,
+            live,
         };
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -306,6 +308,8 @@ struct State {
     settings: Option<aisle_sync::Settings>,
     /// The hub session `incoming` belongs to.
     incoming_session: u64,
+    /// The live settings in force (routing rules, capacity, bot, hours), read at each decision.
+    live: Arc<crate::settings::LiveSettings>,
 }
 
 /// What a batch tells the world once it has committed.
@@ -983,6 +987,22 @@ fn send(
         sent_at_ms: view.sent_at_ms,
         duplicate: false,
     };
+    if let Actor::Customer(_) = actor
+        && state
+            .live
+            .current()
+            .resolved
+            .settings
+            .routing
+            .waits_for_first_message()
+        && state
+            .docs
+            .get(&conversation)
+            .is_some_and(|hot| in_queue(&hot.fold.state))
+    {
+        // The rules read the first message: now the chat can be routed.
+        route(db, state, conversation, None, out)?;
+    }
     if let (Actor::Customer(_), Some(intent)) = (actor, customer_intent) {
         bot::answer(db, state, conversation, view.id, &intent, out)?;
     }
@@ -1160,6 +1180,26 @@ fn start(
     out.fresh.push(id);
     out.audiences.push((id, Some(Audience { agent: None })));
     METRICS.conversations_started.inc();
+
+    // Outside business hours the customer is told at once (the chat still waits for staff).
+    let in_force = state.live.current();
+    let hours = &in_force.resolved.settings.hours;
+    if !hours.offline_message.is_empty() && !hours.is_open(now) {
+        append_message(
+            db,
+            state,
+            id,
+            NewMessage {
+                sender: Participant::Bot,
+                client_msg_id: format!("offline#{id}"),
+                body: hours.offline_message.clone(),
+                attachment: None,
+                intent: None,
+            },
+            None,
+            out,
+        )?;
+    }
 
     route(db, state, id, None, out)?;
     let hot = state.docs.get_mut(&id).expect("just inserted");
@@ -1530,7 +1570,11 @@ fn in_queue(session: &aisle_sync::SessionState) -> bool {
         || (session.status == Status::Reopened && session.agent.is_none())
 }
 
-/// Assigns a conversation that nobody holds to the best online staff member, if any.
+/// Assigns a conversation that nobody holds to the best online staff member, if any, by the
+/// routing rules in force (`aisle_settings::Routing::plan`): the first matching rule with
+/// someone online with room chooses among them (least loaded, the customer's previous agent
+/// first); then, unless the fallback is the queue, anyone with room. When a rule reads the
+/// customer's first message (intent, language), a chat without one waits in the queue.
 fn route(
     db: &Connection,
     state: &mut State,
@@ -1547,17 +1591,34 @@ fn route(
     if !matches!(current.status, Status::Queued | Status::Reopened) {
         return Ok(false);
     }
-    let customer = hot.meta.customer;
+    let (customer, rowid) = (hot.meta.customer, hot.rowid);
+    let in_force = state.live.current();
+    let settings = &in_force.resolved.settings;
+    let first: Option<(String, Option<String>)> = db
+        .prepare_cached(
+            "SELECT body, intent FROM messages WHERE conversation = ?1 AND sender_kind = 'customer'
+             ORDER BY seq LIMIT 1",
+        )?
+        .query_row([rowid], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if first.is_none() && current.agent.is_none() && settings.routing.waits_for_first_message() {
+        return Ok(false);
+    }
     let mut candidates = Vec::with_capacity(online.len());
     for id in online {
         if Some(id) == exclude {
             continue;
         }
-        let row: Option<(u32, bool)> = db
-            .prepare_cached("SELECT capacity, disabled FROM staff WHERE id = ?1")?
-            .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+        type StaffRow = (u32, bool, String, Option<String>, String);
+        let row: Option<StaffRow> = db
+            .prepare_cached(
+                "SELECT capacity, disabled, username, team, skills FROM staff WHERE id = ?1",
+            )?
+            .query_row([id.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .optional()?;
-        let Some((capacity, false)) = row else {
+        let Some((capacity, false, username, team, skills)) = row else {
             continue;
         };
         let open_chats: u32 = db
@@ -1568,32 +1629,77 @@ fn route(
             .query_row(params![id.to_string(), conversation.to_string()], |r| {
                 r.get(0)
             })?;
-        candidates.push(Candidate {
+        let profile = aisle_settings::StaffProfile {
+            username,
+            team,
+            skills: serde_json::from_str(&skills).unwrap_or_default(),
+        };
+        let candidate = Candidate {
             id,
             open_chats,
             capacity,
             last_assigned_at_ms: state.last_assigned.get(&id).copied().unwrap_or(0),
-        });
+        };
+        candidates.push((candidate, profile));
     }
     // The one who served this customer last: the chat's own agent (a reopened chat), or the
     // agent of the customer's previous conversation.
+    let previous: Option<Option<String>> = db
+        .prepare_cached(
+            "SELECT agent_id FROM conversations WHERE customer_id = ?1 AND id != ?2
+             ORDER BY agent_id IS NULL, created_at_ms DESC LIMIT 1",
+        )?
+        .query_row(
+            params![customer.to_string(), conversation.to_string()],
+            |r| r.get(0),
+        )
+        .optional()?;
     let preferred = match current.agent {
         Some(agent) => Some(agent),
-        None => db
-            .prepare_cached(
-                "SELECT agent_id FROM conversations WHERE customer_id = ?1 AND id != ?2
-                 AND agent_id IS NOT NULL ORDER BY created_at_ms DESC LIMIT 1",
-            )?
-            .query_row(
-                params![customer.to_string(), conversation.to_string()],
-                |r| r.get::<_, String>(0),
-            )
-            .optional()?
-            .and_then(|s| s.parse().ok()),
+        None => previous.clone().flatten().and_then(|s| s.parse().ok()),
     };
-    let Some(agent) = routing::pick(&candidates, preferred) else {
+    let queue_length: u32 = db
+        .prepare_cached(
+            "SELECT COUNT(*) FROM conversations WHERE id != ?1
+             AND (status = 'queued' OR (status = 'reopened' AND agent_id IS NULL))",
+        )?
+        .query_row([conversation.to_string()], |r| r.get(0))?;
+    let (body, intent) = match &first {
+        Some((body, intent)) => (Some(body.as_str()), intent.as_deref()),
+        None => (None, None),
+    };
+    let facts = aisle_settings::Facts {
+        intent,
+        language: body.and_then(aisle_settings::language_of),
+        store_id: &state.store_id,
+        within_hours: settings.hours.is_open(now_ms()),
+        queue_length,
+        returning_customer: previous.is_some(),
+    };
+    let mut chosen = None;
+    for step in settings.routing.plan(&facts) {
+        let (rule, pool): (Option<&str>, Vec<Candidate>) = match step {
+            aisle_settings::Step::Rule { name, target } => (
+                Some(name),
+                candidates
+                    .iter()
+                    .filter(|(_, p)| target.admits(p))
+                    .map(|(c, _)| c.clone())
+                    .collect(),
+            ),
+            aisle_settings::Step::Anyone => {
+                (None, candidates.iter().map(|(c, _)| c.clone()).collect())
+            }
+        };
+        if let Some(agent) = routing::pick(&pool, preferred) {
+            chosen = Some((agent, rule.map(str::to_owned)));
+            break;
+        }
+    }
+    let Some((agent, rule)) = chosen else {
         return Ok(false);
     };
+    tracing::debug!(conversation = %conversation, agent = %agent, rule = ?rule, "routed");
     apply_event(
         db,
         state,

@@ -5,7 +5,7 @@ use aisle_sync::{ConversationId, IntentRecord, MessageId, Participant};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{NewMessage, Outbox, State, append_message};
-use crate::bot::{BotPolicy, is_urgent};
+use crate::bot::is_urgent;
 use crate::error::ApiError;
 use crate::metrics::METRICS;
 use crate::now_ms;
@@ -22,8 +22,13 @@ pub(super) fn answer(
     if is_urgent(&intent.label) {
         return Ok(());
     }
-    let policy = BotPolicy::load(db)?;
-    if !policy.allows(intent) {
+    let in_force = state.live.current();
+    if !in_force
+        .resolved
+        .settings
+        .bot
+        .allows(&intent.label, f64::from(intent.confidence))
+    {
         return Ok(());
     }
     // Once the customer has complained or asked for a person, only people answer.

@@ -17,7 +17,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use aisle_sync::ChangeHash;
+use aisle_sync::{ChangeHash, HqLayer, LayerScope};
 use aisle_sync::{
     Conversation, ConversationId, Delta, DocumentKey, EventKind, Frame, Participant, PeerSync,
     ProtocolError, Settings, Status,
@@ -230,7 +230,7 @@ pub(super) fn sync_in(
     let id = match key {
         DocumentKey::Conversation(id) => *id,
         DocumentKey::Settings(store) if *store == state.store_id => {
-            return settings_in(db, state, session, &mut peer, key, message);
+            return settings_in(db, state, session, &mut peer, key, message, out);
         }
         _ => {
             peer.on_error(key);
@@ -616,6 +616,76 @@ pub(super) fn import(
     })
 }
 
+/// HQ's layers of the live settings, from the settings document just received: resolved,
+/// validated and swapped in (crate::settings), recorded in the audit log with their author,
+/// and the queue offered again (a capacity may have grown). A set that does not validate is
+/// refused and recorded; the settings in force keep routing.
+fn apply_hq_layers(db: &Connection, state: &mut State, out: &mut Outbox) -> Result<(), ApiError> {
+    let Some(doc) = state.settings.as_ref() else {
+        return Ok(());
+    };
+    let (region, store) = match (doc.layer(LayerScope::Region), doc.layer(LayerScope::Store)) {
+        (Ok(region), Ok(store)) => (region, store),
+        (Err(err), _) | (_, Err(err)) => {
+            tracing::warn!(error = %err, "HQ's settings layer does not decode; refused");
+            return Ok(());
+        }
+    };
+    let author = [&region, &store]
+        .into_iter()
+        .flatten()
+        .max_by_key(|l| l.version)
+        .map(|l| l.author.clone())
+        .unwrap_or_else(|| "hq".into());
+    let version = [&region, &store]
+        .into_iter()
+        .flatten()
+        .map(|l| l.version)
+        .max()
+        .unwrap_or(0);
+    match state.live.set_hq(region, store) {
+        Ok(Some(applied)) => {
+            crate::settings::record(db, &state.live, &applied, &author)?;
+            out.drain_queue = true;
+        }
+        Ok(None) => {}
+        Err(err) => {
+            crate::audit::append(
+                db,
+                &author,
+                "settings_refused",
+                "",
+                serde_json::json!({ "hq_version": version, "reason": err.to_string() }),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// HQ's layers as the stored settings document holds them (none before the hub sent it).
+pub fn stored_hq_layers(
+    db: &Connection,
+    store_id: &str,
+) -> Result<(Option<HqLayer>, Option<HqLayer>), ApiError> {
+    let key = DocumentKey::settings(store_id.to_owned()).map_err(ApiError::internal)?;
+    let bytes: Option<Vec<u8>> = db
+        .prepare_cached("SELECT bytes FROM hub_documents WHERE key = ?1")?
+        .query_row([key.to_string()], |r| r.get(0))
+        .optional()?;
+    let Some(doc) = bytes.and_then(|b| Settings::load(&b).ok()) else {
+        return Ok((None, None));
+    };
+    let region = doc.layer(LayerScope::Region).unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "stored region settings do not decode");
+        None
+    });
+    let store = doc.layer(LayerScope::Store).unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "stored store settings do not decode");
+        None
+    });
+    Ok((region, store))
+}
+
 /// A row of `hub_documents`: the document's bytes, the hub its sync state is for, the state.
 type StoredHubDocument = (Vec<u8>, Option<String>, Option<Vec<u8>>);
 
@@ -667,6 +737,7 @@ fn settings_in(
     peer: &mut PeerSync,
     key: &DocumentKey,
     message: &[u8],
+    out: &mut Outbox,
 ) -> Result<Frame, ApiError> {
     let doc = settings(db, state, peer, &session.hub_id, key)?;
     let before = doc.heads();
@@ -703,8 +774,9 @@ fn settings_in(
                 reply.updated_at_ms as i64
             ])?;
         }
-        tracing::info!(canned_replies = replies.len(), "HQ settings applied");
+        tracing::info!(canned_replies = replies.len(), "HQ canned replies applied");
     }
+    let changed = doc.heads() != before;
     let bytes = doc.save();
     let heads = heads_bytes(&doc.heads());
     db.prepare_cached(
@@ -719,5 +791,9 @@ fn settings_in(
         session.hub_id,
         peer.save_state(key)
     ])?;
-    Ok(peer.answer(key, doc))
+    let answer = peer.answer(key, doc);
+    if changed {
+        apply_hq_layers(db, state, out)?;
+    }
+    Ok(answer)
 }
