@@ -357,6 +357,39 @@ mod tests {
         assert_eq!(config.data, PathBuf::from("/tmp/x"));
     }
 
+    /// docs/settings.md names every setting: a new key without its row fails here.
+    #[test]
+    fn every_setting_is_documented() {
+        let docs = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/settings.md"),
+        )
+        .unwrap();
+        let tree = serde_json::to_value(Config::default()).unwrap();
+        let mut missing = Vec::new();
+        for (key, value) in tree.as_object().unwrap() {
+            match value.as_object() {
+                Some(table) => {
+                    for sub in table.keys() {
+                        let named = if key == "limits" {
+                            format!("| `{sub}` |")
+                        } else {
+                            format!("`{key}.{sub}`")
+                        };
+                        if !docs.contains(&named) {
+                            missing.push(named);
+                        }
+                    }
+                }
+                None => {
+                    if !docs.contains(&format!("| `{key}` |")) {
+                        missing.push(key.clone());
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "not in docs/settings.md: {missing:?}");
+    }
+
     #[test]
     fn unknown_key_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
