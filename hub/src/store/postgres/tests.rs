@@ -92,10 +92,12 @@ conformance!(
     handoffs_are_redeemed_once,
     projection_is_idempotent_searchable_and_counted,
     documents_stored_without_a_projection_are_backfilled,
+    region_settings_only_move_forward,
 );
 audited_conformance!(
     erasure_leaves_tombstones_that_block_writes,
     audited_writes_form_one_chain,
+    region_settings_are_audited_when_stored,
 );
 
 #[test]
