@@ -388,7 +388,7 @@ async fn replicas_starting_at_once_migrate_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, (1..=5).collect::<Vec<i64>>());
+    assert_eq!(versions, (1..=6).collect::<Vec<i64>>());
     // A third start finds the schema current.
     let r3 = open(&url, "r3").await;
     // One identity for every replica: the first proposal stored.
