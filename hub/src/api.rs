@@ -202,6 +202,13 @@ pub async fn create_store(
         ));
     }
     tracing::info!(store_id = %store_id, "store registered");
+    // The registration stands even if this fails (its token is in this answer): the store then
+    // gets the region's settings with HQ's next edit of them.
+    if let Err(err) =
+        crate::live_settings::seed_registered_store(&app, &audit, &store_id, &hq(&by.id)).await
+    {
+        tracing::error!(store_id = %store_id, error = %err, "the region settings were not written into the new store's settings document");
+    }
     Ok((
         StatusCode::CREATED,
         Json(json!({

@@ -31,7 +31,7 @@ pub use aisle_service::audit::{
 use crate::App;
 use crate::api::{ROLE_ADMIN, authorize};
 use crate::error::{ApiError, Code};
-use crate::store::{EnrollOutcome, NewStore, StoreResult};
+use crate::store::{EnrollOutcome, NewStore, RegionSettings, StoreResult};
 
 /// Who acted, as the `actor` column spells it.
 pub mod actor {
@@ -120,6 +120,13 @@ pub trait AuditLog: Send + Sync + 'static {
         now_ms: u64,
         record: Record,
     ) -> BoxFuture<'_, StoreResult<()>>;
+    /// HQ's region settings layer ([`crate::store::HubStore::put_region_settings`]) and its
+    /// entry, which is appended only when the layer was stored.
+    fn audited_put_region_settings(
+        &self,
+        settings: RegionSettings,
+        record: Record,
+    ) -> BoxFuture<'_, StoreResult<bool>>;
     /// Entries after `after`, oldest first, and the head.
     fn page(
         &self,

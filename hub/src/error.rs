@@ -26,6 +26,8 @@ pub enum Code {
     HandoffExpired,
     NotSynced,
     RateLimited,
+    /// A settings layer HQ sent would not resolve at a store (the message names the setting).
+    InvalidSettings,
     Internal,
 }
 
@@ -50,13 +52,14 @@ impl Code {
             Code::HandoffExpired => "handoff_expired",
             Code::NotSynced => "not_synced",
             Code::RateLimited => "rate_limited",
+            Code::InvalidSettings => "invalid_settings",
             Code::Internal => "internal",
         }
     }
 
     pub fn http_status(self) -> StatusCode {
         match self {
-            Code::BadJson | Code::BadRequest => StatusCode::BAD_REQUEST,
+            Code::BadJson | Code::BadRequest | Code::InvalidSettings => StatusCode::BAD_REQUEST,
             Code::Unauthorized
             | Code::InvalidCredentials
             | Code::InvalidEnrollment

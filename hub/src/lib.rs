@@ -20,6 +20,7 @@ pub mod erasure;
 pub mod error;
 pub mod hq;
 pub mod limits;
+pub mod live_settings;
 pub mod metrics;
 pub mod projection;
 pub mod replica;

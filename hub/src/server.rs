@@ -126,6 +126,14 @@ pub fn router(app: Arc<App>, audit: Arc<dyn crate::audit::AuditLog>) -> Router {
         )
         .route("/api/stores", get(api::list_stores).post(api::create_store))
         .route("/api/stores/{id}/revoke", post(api::revoke_store))
+        .route(
+            "/api/settings/region",
+            get(crate::live_settings::get_region).put(crate::live_settings::put_region),
+        )
+        .route(
+            "/api/stores/{id}/settings",
+            get(crate::live_settings::get_store).put(crate::live_settings::put_store),
+        )
         .route("/api/conversations", get(hq::list_conversations))
         .route(
             "/api/conversations/{id}",

@@ -31,13 +31,23 @@ const MAX_ID_BYTES: usize = 64;
 #[derive(Default)]
 pub struct SettingsLock(tokio::sync::Mutex<()>);
 
+/// Proof that the caller holds the [`SettingsLock`] (for an edit that reads, checks and writes
+/// under one hold: `crate::live_settings`).
+pub type SettingsGuard<'a> = tokio::sync::MutexGuard<'a, ()>;
+
+impl SettingsLock {
+    pub async fn lock(&self) -> SettingsGuard<'_> {
+        self.0.lock().await
+    }
+}
+
 fn key_of(store_id: &str) -> Result<DocumentKey, ApiError> {
     DocumentKey::settings(store_id.to_owned())
         .map_err(|err| ApiError::new(Code::BadRequest, err.to_string()))
 }
 
 /// A store's settings document as stored, if HQ ever wrote one.
-async fn load(app: &App, store_id: &str) -> Result<Option<Settings>, ApiError> {
+pub(crate) async fn load(app: &App, store_id: &str) -> Result<Option<Settings>, ApiError> {
     let key = key_of(store_id)?;
     match app.store.load_document(key.to_string()).await? {
         None => Ok(None),
@@ -57,7 +67,20 @@ async fn edit_each(
     edit: impl Fn(&mut Settings) -> Result<bool, aisle_sync::SyncError>,
     audited: impl Fn(&str) -> Record,
 ) -> Result<Vec<String>, ApiError> {
-    let _guard = app.settings_lock.0.lock().await;
+    let held = app.settings_lock.lock().await;
+    edit_each_held(&held, app, audit, stores, edit, audited).await
+}
+
+/// [`edit_each`] for a caller that already holds the settings lock. An `edit` returning
+/// `false` leaves an existing document as it was (nothing stored, audited or pushed).
+pub(crate) async fn edit_each_held(
+    _held: &SettingsGuard<'_>,
+    app: &Arc<App>,
+    audit: &Arc<dyn AuditLog>,
+    stores: Vec<String>,
+    edit: impl Fn(&mut Settings) -> Result<bool, aisle_sync::SyncError>,
+    audited: impl Fn(&str) -> Record,
+) -> Result<Vec<String>, ApiError> {
     let mut changed = Vec::new();
     for store_id in stores {
         let key = key_of(&store_id)?;

@@ -395,3 +395,63 @@ async function assertVisibleText(locator, expected) {
   }
   assert.fail(`expected ${expected}, got "${text}"`);
 }
+
+test("HQ settings: a region capacity saved with its version; a wrong rule refused, nothing changed", async () => {
+  const { page, offOrigin, errors } = await newPage(browser, { origins: [hub.url], viewport: TABLET_LANDSCAPE, locale: "en-US" });
+  const byId = (id) => page.getByTestId(id);
+  const token = await hub.login();
+
+  await page.goto(`${hub.url}/#settings`);
+  await byId("login-username").fill("admin");
+  await byId("login-password").fill(HUB_ADMIN_PASSWORD);
+  await byId("login-submit").click();
+  await assertVisibleText(byId("tab-settings"), "Settings");
+  assert.equal(await byId("tab-settings").getAttribute("aria-current"), "page");
+
+  // HQ sets a region capacity: saved, sent to the one store, with a version and its author.
+  const before = (await hubGet("/api/settings/region", token)).layer;
+  await byId("settings-region-text").fill(JSON.stringify({ routing: { capacity_per_staff: 12 } }, null, 2));
+  await byId("settings-region-save").click();
+  await assertVisibleText(byId("settings-region-saved"), /Saved and sent to 1 store/);
+  const version = (await byId("settings-region-meta-version").innerText()).trim();
+  const { layer } = await hubGet("/api/settings/region", token);
+  assert.equal(String(layer.version), version);
+  assert.ok(!before || layer.version > before.version, "the version grew");
+  assert.deepEqual(layer.settings, { routing: { capacity_per_staff: 12 } });
+  assert.match(await byId("settings-region-meta").innerText(), /hq:/);
+
+  // The chosen store's effective settings: the capacity comes from HQ's region layer.
+  assert.equal(await byId("settings-store").inputValue(), "store-a");
+  const capacity = page.locator('[data-testid="effective-row"][data-path="routing.capacity_per_staff"]');
+  await page.locator('[data-testid="effective-row"][data-path="routing.capacity_per_staff"][data-source="hq_region"]').waitFor();
+  assert.match(await capacity.innerText(), /12[\s\S]*HQ region/);
+  assert.equal(await page.locator('[data-testid="effective-row"][data-path="bot.min_confidence"]').getAttribute("data-source"), "default");
+  await shot(page, "hq-settings", { fullPage: true });
+
+  // A rule naming an intent the model does not know: the hub's message, and nothing changed.
+  await byId("settings-region-text").fill(JSON.stringify({
+    routing: { capacity_per_staff: 3, rules: [{ name: "refunds", when: { intents: ["refunds"] }, assign: { team: "desk" } }] },
+  }, null, 2));
+  await byId("settings-region-save").click();
+  await assertVisibleText(byId("settings-region-error"), /routing\.rules\[0\]\.when\.intents: unknown intent "refunds"/);
+  assert.equal((await byId("settings-region-meta-version").innerText()).trim(), version);
+  assert.deepEqual((await hubGet("/api/settings/region", token)).layer, layer);
+  assert.match(await capacity.innerText(), /12/);
+  await shot(page, "hq-settings-refused");
+
+  // Text that is not JSON never leaves the page.
+  await byId("settings-region-text").fill("{ routing: ");
+  await byId("settings-region-save").click();
+  await assertVisibleText(byId("settings-region-error"), /not valid JSON/);
+  assert.deepEqual((await hubGet("/api/settings/region", token)).layer, layer);
+
+  // In Chinese.
+  await byId("lang-switch").selectOption("zh-CN");
+  await assertVisibleText(byId("tab-settings"), "设置");
+  await assertVisibleText(page.locator("#settings-region-heading"), "区域设置");
+  await byId("lang-switch").selectOption("en");
+
+  assert.deepEqual(offOrigin, []);
+  assert.deepEqual(errors, []);
+  await page.context().close();
+});

@@ -888,6 +888,24 @@ async fn hub_matrix() {
             HubNeed::HqAdmin,
         ),
         (
+            route("GET", "/api/settings/region", Need::Public, &[200]),
+            HubNeed::HqViewer,
+        ),
+        (
+            route("PUT", "/api/settings/region", Need::Public, &[200])
+                .json(json!({"settings":{"routing":{"capacity_per_staff":6}}})),
+            HubNeed::HqAdmin,
+        ),
+        (
+            route("GET", "/api/stores/shop-1/settings", Need::Public, &[200]),
+            HubNeed::HqViewer,
+        ),
+        (
+            route("PUT", "/api/stores/shop-1/settings", Need::Public, &[200])
+                .json(json!({"settings":{}})),
+            HubNeed::HqAdmin,
+        ),
+        (
             route("GET", "/api/conversations", Need::Public, &[200]),
             HubNeed::HqViewer,
         ),

@@ -1,5 +1,5 @@
-// The HQ dashboard: sign-in, then three views (overview = stores and charts, conversations,
-// search) sharing one transcript pane. The view is kept in the URL hash so a reload or the back
+// The HQ dashboard: sign-in, then four views (overview = stores and charts, conversations,
+// search, settings); conversations and search share one transcript pane. The view is kept in the URL hash so a reload or the back
 // button returns to it.
 
 import { applyTranslations, langSwitch, onLangChange, t } from "/common/i18n.js";
@@ -10,8 +10,9 @@ import { mountCharts, startCharts, stopCharts, onIntents } from "./charts.js";
 import { mountConversations, showConversations, setKnownIntents, markSelected } from "./conversations.js";
 import { mountSearch, focusSearch } from "./search.js";
 import { mountTranscript, onTranscriptClosed } from "./transcript.js";
+import { mountSettings, showSettings } from "./settings.js";
 
-const VIEWS = ["overview", "conversations", "search"];
+const VIEWS = ["overview", "conversations", "search", "settings"];
 const $ = (id) => document.getElementById(id);
 
 function boot() {
@@ -25,6 +26,7 @@ function boot() {
   mountConversations($("conversations"));
   mountSearch($("search"));
   mountTranscript($("transcript-pane"));
+  mountSettings($("settings-view"));
   onIntents(setKnownIntents);
   onTranscriptClosed(() => markSelected(null));
 
@@ -103,9 +105,10 @@ function showView() {
     if (a.dataset.view === view) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
-  $("work").classList.toggle("hidden", view === "overview");
+  $("work").classList.toggle("hidden", view === "overview" || view === "settings");
   if (view === "conversations") showConversations();
   if (view === "search") focusSearch();
+  if (view === "settings") showSettings();
 }
 
 boot();

@@ -36,8 +36,17 @@ export async function hq(path, params = {}) {
   const q = new URLSearchParams();
   for (const [k, v] of Object.entries(params)) if (v !== null && v !== undefined && v !== "") q.set(k, v);
   const url = q.toString() ? `${path}?${q}` : path;
+  return authenticated(() => api(url, { token: current()?.token }));
+}
+
+/** An authenticated `method` (PUT, POST, …) of `path` with a JSON `body`. */
+export async function hqSend(path, method, body) {
+  return authenticated(() => api(path, { method, body, token: current()?.token }));
+}
+
+async function authenticated(call) {
   try {
-    return await api(url, { token: current()?.token });
+    return await call();
   } catch (err) {
     if (err.status === 401) {
       clear();

@@ -920,3 +920,76 @@ pub(super) async fn audited_writes_form_one_chain(store: &dyn HubStore, audit: &
         (false, Some(3), Some(aisle_service::audit::Fault::Edited))
     );
 }
+
+fn region_layer(version: u64) -> RegionSettings {
+    RegionSettings {
+        version,
+        layer: format!(r#"{{"version":{version}}}"#),
+    }
+}
+
+/// HQ's region settings layer: none at first; a write replaces it only with a higher version,
+/// so the later of two racing edits stays.
+pub(super) async fn region_settings_only_move_forward(store: &dyn HubStore) {
+    assert_eq!(store.region_settings().await.unwrap(), None);
+    assert!(store.put_region_settings(region_layer(10)).await.unwrap());
+    assert_eq!(
+        store.region_settings().await.unwrap(),
+        Some(region_layer(10))
+    );
+    for stale in [10, 9] {
+        assert!(
+            !store
+                .put_region_settings(region_layer(stale))
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(
+        store.region_settings().await.unwrap(),
+        Some(region_layer(10))
+    );
+    assert!(store.put_region_settings(region_layer(11)).await.unwrap());
+    assert_eq!(
+        store.region_settings().await.unwrap(),
+        Some(region_layer(11))
+    );
+}
+
+/// The audited write of the region layer appends its entry exactly when the layer is stored.
+pub(super) async fn region_settings_are_audited_when_stored(
+    store: &dyn HubStore,
+    audit: &dyn AuditLog,
+) {
+    let record = |version: u64| {
+        Record::new(
+            "hq:a".into(),
+            "settings_changed",
+            "region",
+            serde_json::json!({ "scope": "region", "version": version }),
+        )
+    };
+    assert!(
+        audit
+            .audited_put_region_settings(region_layer(5), record(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !audit
+            .audited_put_region_settings(region_layer(4), record(4))
+            .await
+            .unwrap()
+    );
+    let (entries, _) = audit.page(0, 10).await.unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(
+        (entries[0].action.as_str(), entries[0].target.as_str()),
+        ("settings_changed", "region")
+    );
+    assert!(entries[0].details.contains("\"version\":5"));
+    assert_eq!(
+        store.region_settings().await.unwrap(),
+        Some(region_layer(5))
+    );
+}

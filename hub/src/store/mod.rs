@@ -336,6 +336,18 @@ pub struct Figures {
     pub by_intent: std::collections::BTreeMap<String, GroupFigures>,
 }
 
+/// HQ's settings layer for every store of the region, as the hub keeps it: written into each
+/// store's settings document when HQ sets it, and kept here so that a store registered later
+/// gets it too (`crate::live_settings`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionSettings {
+    /// The layer's version (`aisle_sync::HqLayer::version`): a write only replaces a stored
+    /// layer with a lower one, so two replicas writing at once leave the later edit.
+    pub version: u64,
+    /// JSON of `aisle_sync::HqLayer`; the store keeps it as text and never reads into it.
+    pub layer: String,
+}
+
 /// Length of one head (an Automerge change hash) in a concatenated heads column.
 pub const HEAD_BYTES: usize = 32;
 
@@ -504,6 +516,12 @@ pub trait HubStore: Send + Sync + 'static {
         resolved_before_ms: u64,
         limit: usize,
     ) -> BoxFuture<'_, StoreResult<Vec<String>>>;
+
+    /// HQ's region settings layer, if HQ ever set one.
+    fn region_settings(&self) -> BoxFuture<'_, StoreResult<Option<RegionSettings>>>;
+    /// Stores the region layer if its version is above the stored one's (or none is stored);
+    /// `false` when a layer of the same or a higher version is already there.
+    fn put_region_settings(&self, settings: RegionSettings) -> BoxFuture<'_, StoreResult<bool>>;
 
     /// The hub's storage identity, which every replica on the database shares (stores key
     /// their sync states by it): the stored one, or `proposed` stored now if there is none.

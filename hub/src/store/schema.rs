@@ -180,6 +180,17 @@ INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1);
     r#"
 ALTER TABLE documents ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 8: HQ's settings layer for the whole region (crate::live_settings), one row: it is also
+    // in every store's settings document, and kept here for the stores registered later.
+    r#"
+CREATE TABLE region_settings (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    version       INTEGER NOT NULL,
+    -- JSON of aisle_sync::HqLayer.
+    layer         TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 pub fn configure(conn: &Connection) -> Result<(), StoreError> {

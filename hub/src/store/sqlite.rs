@@ -14,9 +14,9 @@ use tokio::sync::oneshot;
 use super::{
     Account, ConversationDetail, ConversationFilter, ConversationSummary, DurationStats,
     EnrollOutcome, ErasedDocument, Erasure, Figures, FiguresQuery, GroupFigures, HubStore,
-    ManifestRow, NewHandoff, NewStore, ParticipantView, Redeemed, SearchHit, SearchMethod,
-    SearchQuery, Sender, StoreError, StoreRecord, StoreResult, StoredDocument, SyncSaved,
-    SyncWrite, TranscriptMessage, schema,
+    ManifestRow, NewHandoff, NewStore, ParticipantView, Redeemed, RegionSettings, SearchHit,
+    SearchMethod, SearchQuery, Sender, StoreError, StoreRecord, StoreResult, StoredDocument,
+    SyncSaved, SyncWrite, TranscriptMessage, schema,
 };
 use crate::audit::{self, Anchor, AuditLog, Entry, Record};
 use crate::projection::Projection;
@@ -679,6 +679,27 @@ impl HubStore for SqliteStore {
         })
     }
 
+    fn region_settings(&self) -> BoxFuture<'_, StoreResult<Option<RegionSettings>>> {
+        self.readers.run(|c| {
+            Ok(c.query_row(
+                "SELECT version, layer FROM region_settings WHERE id = 1",
+                [],
+                |r| {
+                    Ok(RegionSettings {
+                        version: r.get::<_, i64>(0)? as u64,
+                        layer: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+
+    fn put_region_settings(&self, settings: RegionSettings) -> BoxFuture<'_, StoreResult<bool>> {
+        self.writer
+            .run(move |c| Ok(put_region_settings(c, &settings, crate::now_ms())?))
+    }
+
     /// The file in the data directory is the identity of a SQLite hub (kept by `server.rs`
     /// since the first version); one process owns the file, so it is taken as it is.
     fn identity(&self, proposed: String) -> BoxFuture<'_, StoreResult<String>> {
@@ -954,6 +975,20 @@ fn store_document(
     Ok(())
 }
 
+/// The region layer, unless one of the same or a higher version is stored (`false` then).
+fn put_region_settings(
+    c: &Connection,
+    settings: &RegionSettings,
+    now_ms: u64,
+) -> rusqlite::Result<bool> {
+    Ok(c.execute(
+        "INSERT INTO region_settings (id, version, layer, updated_at_ms) VALUES (1, ?1, ?2, ?3) \
+         ON CONFLICT (id) DO UPDATE SET version = excluded.version, layer = excluded.layer, \
+         updated_at_ms = excluded.updated_at_ms WHERE excluded.version > region_settings.version",
+        params![settings.version as i64, settings.layer, now_ms as i64],
+    )? == 1)
+}
+
 /// Each audited write and its entry in one transaction on the writer thread.
 impl AuditLog for SqliteStore {
     fn append(&self, record: Record) -> BoxFuture<'_, StoreResult<Entry>> {
@@ -1070,6 +1105,22 @@ impl AuditLog for SqliteStore {
             audit::append(&tx, &record)?;
             tx.commit()?;
             Ok(())
+        })
+    }
+
+    fn audited_put_region_settings(
+        &self,
+        settings: RegionSettings,
+        record: Record,
+    ) -> BoxFuture<'_, StoreResult<bool>> {
+        self.writer.run(move |c| {
+            let tx = c.transaction()?;
+            let stored = put_region_settings(&tx, &settings, crate::now_ms())?;
+            if stored {
+                audit::append(&tx, &record)?;
+            }
+            tx.commit()?;
+            Ok(stored)
         })
     }
 
@@ -1624,10 +1675,12 @@ mod tests {
         handoffs_are_redeemed_once,
         projection_is_idempotent_searchable_and_counted,
         documents_stored_without_a_projection_are_backfilled,
+        region_settings_only_move_forward,
     );
     audited_conformance!(
         erasure_leaves_tombstones_that_block_writes,
         audited_writes_form_one_chain,
+        region_settings_are_audited_when_stored,
     );
 
     /// SQLite only: the audit head is anchored in a file beside the database after each commit

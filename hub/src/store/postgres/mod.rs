@@ -42,8 +42,8 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 use super::{
     Account, ConversationDetail, ConversationFilter, ConversationSummary, EnrollOutcome,
     ErasedDocument, Erasure, Figures, FiguresQuery, HubStore, ManifestRow, NewHandoff, NewStore,
-    Redeemed, ReplicaEvent, SearchHit, SearchMethod, SearchQuery, StoreError, StoreRecord,
-    StoreResult, StoredDocument, SyncSaved, SyncWrite,
+    Redeemed, RegionSettings, ReplicaEvent, SearchHit, SearchMethod, SearchQuery, StoreError,
+    StoreRecord, StoreResult, StoredDocument, SyncSaved, SyncWrite,
 };
 use crate::audit::{self, Anchor, AuditLog, Entry, GENESIS, Record};
 use crate::projection::Projection;
@@ -586,6 +586,23 @@ async fn store_document(
         .await?;
     }
     Ok(())
+}
+
+/// The region layer, unless one of the same or a higher version is stored (`false` then). One
+/// statement: the row's lock orders two replicas' writes, and the later version stays.
+async fn put_region_settings(tx: &Tx<'_>, settings: &RegionSettings) -> StoreResult<bool> {
+    Ok(tx.run(
+        "INSERT INTO region_settings (id, version, layer, updated_at_ms) VALUES (1, $1, $2, $3) \
+         ON CONFLICT (id) DO UPDATE SET version = excluded.version, layer = excluded.layer, \
+         updated_at_ms = excluded.updated_at_ms WHERE excluded.version > region_settings.version",
+        &[
+            &(settings.version as i64),
+            &settings.layer,
+            &(crate::now_ms() as i64),
+        ],
+    )
+    .await?
+        == 1)
 }
 
 /// One synced round (SQLite's `write_synced`): `None` when the document is erased (nothing is
@@ -1368,6 +1385,31 @@ impl HubStore for PostgresStore {
         })
     }
 
+    fn region_settings(&self) -> BoxFuture<'_, StoreResult<Option<RegionSettings>>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            Ok(c.opt(
+                "SELECT version, layer FROM region_settings WHERE id = 1",
+                &[],
+            )
+            .await?
+            .map(|r| RegionSettings {
+                version: r.get::<_, i64>(0) as u64,
+                layer: r.get(1),
+            }))
+        })
+    }
+
+    fn put_region_settings(&self, settings: RegionSettings) -> BoxFuture<'_, StoreResult<bool>> {
+        Box::pin(async move {
+            let mut c = self.client().await?;
+            let tx = c.transaction().await?;
+            let stored = put_region_settings(&tx, &settings).await?;
+            tx.commit().await?;
+            Ok(stored)
+        })
+    }
+
     fn events(&self) -> Option<broadcast::Receiver<ReplicaEvent>> {
         Some(self.events.subscribe())
     }
@@ -1512,6 +1554,24 @@ impl AuditLog for PostgresStore {
             audit_append(&tx, &record).await?;
             tx.commit().await?;
             Ok(())
+        })
+    }
+
+    fn audited_put_region_settings(
+        &self,
+        settings: RegionSettings,
+        record: Record,
+    ) -> BoxFuture<'_, StoreResult<bool>> {
+        Box::pin(async move {
+            let mut c = self.client().await?;
+            let tx = c.transaction().await?;
+            lock_audit(&tx).await?;
+            let stored = put_region_settings(&tx, &settings).await?;
+            if stored {
+                audit_append(&tx, &record).await?;
+            }
+            tx.commit().await?;
+            Ok(stored)
         })
     }
 

@@ -172,6 +172,15 @@ CREATE TABLE hub_meta (
     value TEXT NOT NULL
 );
 "#,
+    // 6: HQ's settings layer for the whole region (SQLite's 8), one row.
+    r#"
+CREATE TABLE region_settings (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    version       BIGINT NOT NULL,
+    layer         TEXT NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+"#,
 ];
 
 /// Checks the encoding, then applies the missing migrations under a session advisory lock.

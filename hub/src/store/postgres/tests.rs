@@ -92,10 +92,12 @@ conformance!(
     handoffs_are_redeemed_once,
     projection_is_idempotent_searchable_and_counted,
     documents_stored_without_a_projection_are_backfilled,
+    region_settings_only_move_forward,
 );
 audited_conformance!(
     erasure_leaves_tombstones_that_block_writes,
     audited_writes_form_one_chain,
+    region_settings_are_audited_when_stored,
 );
 
 #[test]
@@ -386,7 +388,7 @@ async fn replicas_starting_at_once_migrate_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, (1..=5).collect::<Vec<i64>>());
+    assert_eq!(versions, (1..=6).collect::<Vec<i64>>());
     // A third start finds the schema current.
     let r3 = open(&url, "r3").await;
     // One identity for every replica: the first proposal stored.
