@@ -25,6 +25,7 @@ pub mod edge;
 pub mod http;
 pub mod hub;
 pub mod inferencebench;
+pub mod settingsbench;
 pub mod syncbench;
 pub mod ws;
 

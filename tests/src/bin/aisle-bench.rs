@@ -103,6 +103,18 @@ enum Cmd {
     Crash(CrashArgs),
     /// Idle connections one server holds, and its resident memory per connection.
     Connections(ConnectionsArgs),
+    /// Live settings: time from HQ's push to the version in force at every store.
+    Settings(SettingsArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct SettingsArgs {
+    /// Stores (aisle-edge processes) enrolled at the hub.
+    #[arg(long, default_value_t = 2)]
+    stores: usize,
+    /// Region capacity pushes from HQ, one after the other.
+    #[arg(long, default_value_t = 20)]
+    pushes: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -281,6 +293,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 load_runs: a.load_runs,
             },
         )?],
+        Cmd::Settings(a) => {
+            if cli.url.is_some() {
+                bail!("settings starts its own hub and stores: --url is not supported");
+            }
+            vec![
+                aisle_tests::settingsbench::run(&aisle_tests::settingsbench::SettingsBenchOptions {
+                    stores: a.stores,
+                    pushes: a.pushes,
+                })
+                .await?,
+            ]
+        }
         Cmd::Connections(a) => vec![
             aisle_tests::connbench::run(&aisle_tests::connbench::ConnBenchOptions {
                 url: cli.url.clone(),
@@ -434,6 +458,15 @@ fn emit(cli: &Cli, r: &Value) {
             f("rss_bytes_after") / 1048576.0,
             f("rss_bytes_per_connection"),
             f("connect_seconds")
+        ),
+        Some("settings") => println!(
+            "settings: {} region pushes from HQ in force at {} stores: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms after the push; {} connections dropped",
+            r["pushes"],
+            r["stores"],
+            f("apply_p50_ms"),
+            f("apply_p99_ms"),
+            f("apply_max_ms"),
+            r["connections_dropped"]
         ),
         _ => println!("{r}"),
     }
