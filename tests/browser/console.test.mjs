@@ -699,6 +699,123 @@ test("lifecycle actions, an error frame, the customer's other chats, staff admin
   }
 });
 
+test("settings: the box's file in force with its source, a refused edit of the file, staff team and skills", async () => {
+  const config = [
+    "[routing]",
+    "capacity_per_staff = 5",
+    "",
+    "[[routing.rules]]",
+    'name = "returns desk"',
+    'when = { intents = ["return_refund"] }',
+    'assign = { skill = "returns" }',
+    "",
+  ].join("\n");
+  const edge = await startEdge({ config });
+  try {
+    const staff = await newPage(browser, { origins: [edge.url] });
+    const { page } = staff;
+    await login(page, edge);
+    await page.getByTestId("nav-settings").click();
+    const value = (path) => page.locator(`[data-testid="settings-value"][data-path="${path}"]`);
+    const source = async (path) => await value(path).getByTestId("settings-source").getAttribute("data-source");
+
+    // The file's values, each with its source; the rest are the built-in defaults.
+    const capacity = value("routing.capacity_per_staff");
+    await waitText(capacity.getByTestId("settings-capacity"), "5");
+    assert.equal(await source("routing.capacity_per_staff"), "file");
+    await waitText(capacity.getByTestId("settings-source"), "this box's file");
+    assert.equal(await source("routing.rules"), "file");
+    assert.equal(await source("routing.fallback"), "default");
+    await waitText(value("routing.fallback").getByTestId("settings-source"), "default");
+    assert.equal(await source("bot.intents"), "default");
+    const rule = page.locator('[data-testid="settings-rule"][data-name="returns desk"]');
+    await waitText(rule, "when the intent is return / refund → assign skill “returns”");
+    assert.equal(await page.getByTestId("settings-rule").count(), 1);
+    await waitText(page.getByTestId("settings-generation"), "1");
+    await waitText(page.getByTestId("settings-hq-version"), "none");
+    await waitText(page.getByTestId("settings-changed"), "the appliance starting");
+    assert.equal(await page.getByTestId("settings-refused").count(), 0);
+    await shot(page, "console-settings");
+
+    // A bad edit of the file (an intent the model does not know) is refused and shown; the
+    // rule in force stays. The edge reads the file a moment after it is saved: refresh until
+    // the refusal is there.
+    edge.writeConfig(config.replace('"return_refund"', '"refunds"'));
+    const refused = page.getByTestId("settings-refused");
+    await eventually(async () => {
+      await page.getByTestId("settings-refresh").click();
+      await refused.waitFor({ timeout: 1_000 });
+    });
+    assert.equal(await refused.getAttribute("data-source"), "file");
+    await waitText(refused.getByTestId("settings-refused-reason"), "refunds");
+    await waitText(refused, "this box's file");
+    await waitText(refused, "A change was refused");
+    await waitText(rule, "return / refund");
+    assert.ok(!(await textOf(page.getByTestId("settings-rules"))).includes("refunds"));
+    await waitText(capacity.getByTestId("settings-capacity"), "5");
+    await waitText(page.getByTestId("settings-generation"), "1");
+    await shot(page, "console-settings-refused");
+
+    // In Chinese: the sources, the warning and the rule are translated (the reason is the server's).
+    await page.getByTestId("lang-switch").selectOption("zh-CN");
+    await waitText(page.getByTestId("nav-settings"), "门店设置");
+    await waitText(capacity.getByTestId("settings-source"), "本机配置文件");
+    await waitText(value("routing.fallback").getByTestId("settings-source"), "默认");
+    await waitText(refused, "有一项修改被拒绝");
+    await waitText(refused, "refunds");
+    await waitText(rule, "当意图为退货 / 退款时 → 分配给技能“returns”");
+    await shot(page, "console-settings-zh");
+    await page.getByTestId("lang-switch").selectOption("en");
+    await waitText(page.getByTestId("nav-settings"), "Settings");
+
+    // Staff admin: a new account with a team and skills, following the store's capacity (5,
+    // from the file); then its own capacity, new skills, and following the store again.
+    await page.getByTestId("nav-admin").click();
+    await page.getByTestId("admin-staff-username").fill("mei");
+    await page.getByTestId("admin-staff-name").fill("Mei Chen");
+    await page.getByTestId("admin-staff-password").fill("mei-password-1");
+    await page.getByTestId("admin-staff-team").fill("floor 2");
+    await page.getByTestId("admin-staff-skills").fill("returns, 退货,  returns ,");
+    assert.ok(await page.getByTestId("admin-staff-follows").isChecked());
+    await page.getByTestId("admin-staff-create").click();
+    const row = page.locator('[data-testid="admin-staff-row"][data-username="mei"]');
+    await waitText(row, "Mei Chen");
+    await waitText(row.getByTestId("admin-staff-row-team"), "floor 2");
+    assert.equal(await row.getByTestId("admin-staff-row-skills").getAttribute("data-skills"), "returns,退货");
+    await waitText(row.getByTestId("admin-staff-row-skills"), "退货");
+    assert.equal(await row.getByTestId("admin-staff-row-capacity").getAttribute("data-follows"), "true");
+    await waitText(row.getByTestId("admin-staff-row-capacity"), "5 (store's)");
+
+    await row.getByTestId("admin-staff-edit").click();
+    assert.equal(await row.getByTestId("admin-staff-edit-skills").inputValue(), "returns, 退货");
+    await row.getByTestId("admin-staff-edit-skills").fill("returns, gift cards");
+    await row.getByTestId("admin-staff-edit-capacity").fill("3");
+    assert.equal(await row.getByTestId("admin-staff-edit-follows").isChecked(), false);
+    await row.getByTestId("admin-staff-save").click();
+    await waitText(row.getByTestId("admin-staff-row-skills"), "gift cards");
+    assert.equal(await row.getByTestId("admin-staff-row-skills").getAttribute("data-skills"), "returns,gift cards");
+    assert.equal(await row.getByTestId("admin-staff-row-capacity").getAttribute("data-follows"), "false");
+    assert.equal(await textOf(row.getByTestId("admin-staff-row-capacity")), "3");
+    await shot(page, "console-admin-staff-skills");
+
+    await row.getByTestId("admin-staff-edit").click();
+    await row.getByTestId("admin-staff-edit-follows").check();
+    assert.equal(await row.getByTestId("admin-staff-edit-capacity").inputValue(), "");
+    await row.getByTestId("admin-staff-save").click();
+    await waitText(row.getByTestId("admin-staff-row-capacity"), "5 (store's)");
+    // The server agrees.
+    const token = await edge.login();
+    const listed = (await (await fetch(`${edge.url}/api/staff`, { headers: { Authorization: `Bearer ${token}` } })).json())
+      .staff.find((x) => x.username === "mei");
+    assert.deepEqual([listed.team, listed.skills, listed.capacity, listed.capacity_follows_store], ["floor 2", ["returns", "gift cards"], 5, true]);
+
+    assertClean(staff);
+    await staff.context.close();
+  } finally {
+    await edge.cleanup();
+  }
+});
+
 test("language switch: English by default, Chinese and back", async () => {
   const edge = await startEdge();
   try {

@@ -1,5 +1,7 @@
 // The store admin page (role admin only; the server refuses the others with 403 anyway):
-// staff accounts, canned replies (each optionally answering one intent) and the bot policy.
+// staff accounts (with the team and skills routing rules name, and whether their capacity
+// follows the store's), canned replies (each optionally answering one intent) and the bot
+// policy.
 // HQ canned replies (`source: hq`) are synced from the hub and shown read-only.
 
 import { api } from "/common/api.js";
@@ -10,6 +12,9 @@ import { h, replace } from "./dom.js";
 const INTENTS = ["order_status", "return_refund", "product_availability", "product_info", "price_promotion",
   "store_info", "payment", "membership", "complaint", "human_agent", "greeting", "other"];
 const percent = (x) => Math.round(x * 100); // 0.8500000238 (an f32 on the server) → 85
+/** "returns, 退货，  vip" → ["returns", "退货", "vip"]: split on commas (also Chinese ones), trimmed, no repeats. */
+const parseSkills = (text) => [...new Set(text.split(/[,，、]/).map((x) => x.trim()).filter(Boolean))];
+const EMPTY_STAFF = { username: "", name: "", password: "", role: "staff", capacity: "", follows: true, team: "", skills: "" };
 
 export function mountAdmin(root, { token, me, onCannedChanged }) {
   let staff = [];
@@ -25,7 +30,8 @@ export function mountAdmin(root, { token, me, onCannedChanged }) {
   // The bot form's unsaved choices; reset from the server on each load of the policy.
   const botDraft = { intents: new Set(), threshold: "85" };
   // Values typed into the create forms survive re-renders (language switch, list reloads).
-  const staffDraft = { username: "", name: "", password: "", role: "staff", capacity: "8" };
+  // Capacity: empty and "follows" checked means the account follows the store's capacity.
+  const staffDraft = { ...EMPTY_STAFF };
   const cannedDraft = { shortcut: "", title: "", body: "", intent: "" };
 
   function problem(err) {
@@ -114,24 +120,66 @@ export function mountAdmin(root, { token, me, onCannedChanged }) {
     return m ? h("p", { class: `form-message ${m.ok ? "ok" : "bad"}`, testid, role: "status" }, m.text) : null;
   }
 
+  /**
+   * A capacity input and its "follows the store's capacity" box, kept consistent: typing a
+   * capacity gives the account its own; checking the box empties the input.
+   */
+  function capacityInputs(draft, testids, { placeholder } = {}) {
+    const follows = h("input", {
+      type: "checkbox", testid: testids.follows, checked: draft.follows,
+      onchange: (e) => { draft.follows = e.target.checked; if (draft.follows) { draft.capacity = ""; number.value = ""; } },
+    });
+    const number = h("input", {
+      type: "number", min: "0", testid: testids.capacity, value: draft.capacity, autocomplete: "off",
+      "aria-label": t("admin.staff.capacity"), ...(placeholder ? { placeholder } : {}),
+      oninput: (e) => { draft.capacity = e.target.value; if (draft.capacity.trim()) { draft.follows = false; follows.checked = false; } },
+    });
+    return { number, follows: h("label", { class: "check" }, follows, t("admin.staff.follows")) };
+  }
+
+  function skillChips(skills) {
+    return (skills || []).map((k) => h("span", { class: "staff-skill" }, k));
+  }
+
   function staffRow(s) {
     const status = s.disabled ? t("admin.staff.disabled") : t(s.online ? "admin.staff.online" : "admin.staff.offline");
     if (editingStaff === s.id) {
-      const edit = { name: s.name, role: s.role, capacity: String(s.capacity) };
+      const edit = {
+        name: s.name, role: s.role, capacity: s.capacity_follows_store ? "" : String(s.capacity), follows: !!s.capacity_follows_store,
+        team: s.team || "", skills: (s.skills || []).join(", "),
+      };
+      const capacity = capacityInputs(edit, { capacity: "admin-staff-edit-capacity", follows: "admin-staff-edit-follows" }, { placeholder: String(s.capacity) });
+      const save = async () => {
+        const body = { name: edit.name.trim(), role: edit.role };
+        if (edit.follows || !edit.capacity.trim()) {
+          if (!s.capacity_follows_store) body.capacity_follows_store = true;
+        } else if (s.capacity_follows_store || Number(edit.capacity) !== s.capacity) {
+          body.capacity = Number(edit.capacity);
+        }
+        const team = edit.team.trim();
+        if (team !== (s.team || "")) {
+          if (!team) { // the server takes a team, not its removal (null means "unchanged")
+            staffMessage = { ok: false, text: t("admin.staff.error.team_clear") };
+            render();
+            return;
+          }
+          body.team = team;
+        }
+        const skills = parseSkills(edit.skills);
+        if (JSON.stringify(skills) !== JSON.stringify(s.skills || [])) body.skills = skills;
+        if (await run("staff", () => api(`/api/staff/${s.id}`, { method: "PATCH", token, body }))) { editingStaff = null; render(); }
+      };
       return h("tr", { testid: "admin-staff-row", dataset: { staffId: s.id, username: s.username } },
         h("td", {}, s.username),
         h("td", {}, h("input", { testid: "admin-staff-edit-name", value: s.name, "aria-label": t("admin.staff.name"), oninput: (e) => { edit.name = e.target.value; } })),
         h("td", {}, roleSelect(s.role, "admin-staff-edit-role", (e) => { edit.role = e.target.value; })),
-        h("td", {}, h("input", { testid: "admin-staff-edit-capacity", type: "number", min: "0", value: String(s.capacity), "aria-label": t("admin.staff.capacity"), oninput: (e) => { edit.capacity = e.target.value; } })),
+        h("td", {}, h("input", { testid: "admin-staff-edit-team", value: edit.team, autocomplete: "off", "aria-label": t("admin.staff.team"), oninput: (e) => { edit.team = e.target.value; } })),
+        h("td", {}, h("input", { testid: "admin-staff-edit-skills", value: edit.skills, autocomplete: "off", "aria-label": t("admin.staff.skills"), oninput: (e) => { edit.skills = e.target.value; } })),
+        h("td", {}, capacity.number, capacity.follows),
         h("td", {}, status),
         h("td", {}, String(s.open_chats ?? 0)),
         h("td", { class: "row-actions" },
-          h("button", {
-            type: "button", class: "primary", testid: "admin-staff-save",
-            onclick: async () => {
-              if (await run("staff", () => api(`/api/staff/${s.id}`, { method: "PATCH", token, body: { name: edit.name.trim(), role: edit.role, capacity: Number(edit.capacity) } }))) { editingStaff = null; render(); }
-            },
-          }, t("admin.staff.save")),
+          h("button", { type: "button", class: "primary", testid: "admin-staff-save", onclick: save }, t("admin.staff.save")),
           h("button", { type: "button", onclick: () => { editingStaff = null; render(); } }, t("action.cancel"))));
     }
     const pw = { value: "" };
@@ -139,7 +187,10 @@ export function mountAdmin(root, { token, me, onCannedChanged }) {
       h("td", {}, s.username),
       h("td", {}, s.name),
       h("td", {}, t(`admin.role.${s.role}`)),
-      h("td", {}, String(s.capacity)),
+      h("td", { testid: "admin-staff-row-team" }, s.team || t("admin.staff.team.none")),
+      h("td", { testid: "admin-staff-row-skills", dataset: { skills: (s.skills || []).join(",") } }, skillChips(s.skills)),
+      h("td", { testid: "admin-staff-row-capacity", dataset: { follows: String(!!s.capacity_follows_store) } },
+        s.capacity_follows_store ? t("admin.staff.capacity.follows", { n: s.capacity }) : String(s.capacity)),
       h("td", {}, status),
       h("td", {}, String(s.open_chats ?? 0)),
       h("td", { class: "row-actions" },
@@ -190,16 +241,21 @@ export function mountAdmin(root, { token, me, onCannedChanged }) {
   }
 
   function render() {
+    const newCapacity = capacityInputs(staffDraft, { capacity: "admin-staff-capacity", follows: "admin-staff-follows" },
+      { placeholder: t("admin.staff.capacity.store") });
     const staffForm = h("form", {
       class: "admin-form", testid: "admin-staff-form", novalidate: true,
       onsubmit: async (e) => {
         e.preventDefault();
         const body = {
           username: staffDraft.username.trim(), name: staffDraft.name.trim(), password: staffDraft.password,
-          role: staffDraft.role, capacity: Number(staffDraft.capacity || 8),
+          role: staffDraft.role, skills: parseSkills(staffDraft.skills),
         };
+        // No capacity: the account follows the store's (routing.capacity_per_staff).
+        if (!staffDraft.follows && staffDraft.capacity.trim()) body.capacity = Number(staffDraft.capacity);
+        if (staffDraft.team.trim()) body.team = staffDraft.team.trim();
         if (await run("staff", () => api("/api/staff", { method: "POST", token, body }))) {
-          Object.assign(staffDraft, { username: "", name: "", password: "", role: "staff", capacity: "8" });
+          Object.assign(staffDraft, EMPTY_STAFF);
           render();
         }
       },
@@ -208,7 +264,10 @@ export function mountAdmin(root, { token, me, onCannedChanged }) {
     field(staffDraft, "name", "admin-staff-name", "admin.staff.name"),
     field(staffDraft, "password", "admin-staff-password", "admin.staff.password", { type: "password" }),
     h("label", {}, t("admin.staff.role"), roleSelect(staffDraft.role, "admin-staff-role", (e) => { staffDraft.role = e.target.value; })),
-    field(staffDraft, "capacity", "admin-staff-capacity", "admin.staff.capacity", { type: "number", min: "0" }),
+    field(staffDraft, "team", "admin-staff-team", "admin.staff.team"),
+    field(staffDraft, "skills", "admin-staff-skills", "admin.staff.skills"),
+    h("label", {}, t("admin.staff.capacity"), newCapacity.number),
+    newCapacity.follows,
     h("button", { type: "submit", class: "primary", testid: "admin-staff-create" }, t("admin.staff.create")));
 
     const cannedForm = h("form", {
@@ -236,7 +295,8 @@ export function mountAdmin(root, { token, me, onCannedChanged }) {
       h("section", { class: "admin-section", testid: "admin-staff", "aria-labelledby": "admin-staff-heading" },
         h("h2", { id: "admin-staff-heading" }, t("admin.staff.heading")),
         h("table", { class: "admin-table", testid: "admin-staff-list" },
-          h("thead", {}, h("tr", {}, ["admin.staff.username", "admin.staff.name", "admin.staff.role", "admin.staff.capacity",
+          h("thead", {}, h("tr", {}, ["admin.staff.username", "admin.staff.name", "admin.staff.role", "admin.staff.team",
+            "admin.staff.skills.short", "admin.staff.capacity",
             "admin.staff.status", "admin.staff.open_chats", "admin.actions"].map((k) => h("th", { scope: "col" }, t(k))))),
           h("tbody", {}, staff.map(staffRow))),
         message(staffMessage, "admin-staff-message"),

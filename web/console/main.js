@@ -1,5 +1,5 @@
 // Entry point of the staff console: login, then the chat console or (admins) the store admin
-// page, chosen by the URL hash (#admin). Wires the socket, the model and the views together.
+// page or the store's settings, chosen by the URL hash (#admin, #settings). Wires the socket, the model and the views together.
 
 import "./strings.js";
 import { t, langSwitch, applyTranslations, onLangChange } from "/common/i18n.js";
@@ -13,18 +13,20 @@ import { mountConversation } from "./conversation.js";
 import { mountAssist } from "./assist.js";
 import { mountHistory } from "./history.js";
 import { mountAdmin } from "./admin.js";
+import { mountSettings } from "./settings.js";
 import { watchHub } from "./health.js";
 
 let app = null; // the signed-in console: {token, staff, session, model, views…}
 
 function show(view) {
-  for (const id of ["login-view", "console-view", "admin-view"]) $(`#${id}`).classList.toggle("hidden", id !== view);
+  for (const id of ["login-view", "console-view", "admin-view", "settings-view"]) $(`#${id}`).classList.toggle("hidden", id !== view);
   const signedIn = view !== "login-view";
   $("#topnav").classList.toggle("hidden", !signedIn);
   $("#logout").classList.toggle("hidden", !signedIn);
   $("#conn-state").classList.toggle("hidden", !signedIn);
   $("#nav-console").setAttribute("aria-current", view === "console-view" ? "page" : "false");
   $("#nav-admin").setAttribute("aria-current", view === "admin-view" ? "page" : "false");
+  $("#nav-settings").setAttribute("aria-current", view === "settings-view" ? "page" : "false");
 }
 
 // ---- login -------------------------------------------------------------------------------
@@ -108,15 +110,17 @@ function start(token, staff) {
   const assist = mountAssist($("#assist-panel"), model, { onSuggestion: (text) => conversation.insert(text) });
   const customerHistory = mountHistory($("#customer-history"), $("#transcript-dialog"), model, { token });
   const admin = mountAdmin($("#admin-view"), { token, me: staff, onCannedChanged: () => { conversation.refreshCanned(); assist.refreshCanned(); } });
+  const settings = mountSettings($("#settings-view"), { token });
   const unsubscribeLang = onLangChange(() => { renderConn(connStatus); renderWho(); });
 
   // Names of colleagues for staff messages in the history (transfers bring their messages).
   api("/api/staff", { token }).then((res) => { for (const s of res.staff || []) staffNames.set(s.id, s.name); conversation.render(); }).catch(() => {});
 
-  app = { token, staff, session, model, queue, conversation, admin, unsubscribeLang };
+  app = { token, staff, session, model, queue, conversation, admin, settings, unsubscribeLang };
   function renderWho() { $("#who").textContent = t("nav.signed_in_as", { name: app.staff.name }); }
   renderWho();
   $("#nav-admin").classList.toggle("hidden", staff.role !== "admin");
+  $("#nav-settings").classList.toggle("hidden", staff.role !== "admin");
   session.start();
   conversation.open(null);
   route();
@@ -131,12 +135,15 @@ function stop() {
   app = null;
 }
 
-/** #admin shows the admin page (admins only); anything else the console. */
+/** #admin shows the admin page, #settings the store's settings (admins only); anything else the console. */
 function route() {
   if (!app) return;
   if (location.hash === "#admin" && app.staff.role === "admin") {
     show("admin-view");
     app.admin.show();
+  } else if (location.hash === "#settings" && app.staff.role === "admin") {
+    show("settings-view");
+    app.settings.show();
   } else {
     show("console-view");
     app.conversation.render();
@@ -145,8 +152,10 @@ function route() {
 
 window.addEventListener("hashchange", route);
 $("#nav-admin").addEventListener("click", () => { location.hash = "#admin"; });
+// Opening the view again (already at #settings: no hashchange) still refreshes it.
+$("#nav-settings").addEventListener("click", () => { if (location.hash === "#settings") route(); else location.hash = "#settings"; });
 $("#nav-console").addEventListener("click", () => {
-  if (location.hash === "#admin") history.pushState(null, "", location.pathname);
+  if (location.hash === "#admin" || location.hash === "#settings") history.pushState(null, "", location.pathname);
   route();
 });
 $("#logout").addEventListener("click", async () => {

@@ -8,7 +8,7 @@
 // other names here.
 
 import { spawn } from "node:child_process";
-import { copyFileSync, existsSync, mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -104,13 +104,23 @@ export async function startHub({ region = "default" } = {}) {
 
 /**
  * `aisle-edge` with the store admin `admin` / EDGE_ADMIN_PASSWORD on a fresh data directory;
- * with `hub`, the store is registered there and enrolls at start.
+ * with `hub`, the store is registered there and enrolls at start. With `config` (TOML text),
+ * the edge runs with `--config` on a file of its own, in a directory of its own (the edge
+ * watches the file's directory); `edge.writeConfig(text)` saves a new version of it.
  */
-export async function startEdge({ storeId = "store-1", hub, env = {} } = {}) {
+export async function startEdge({ storeId = "store-1", hub, env = {}, config } = {}) {
   const port = await freePort();
   const data = mkdtempSync(join(tmpdir(), "aisle-edge-"));
   const args = ["--listen", `127.0.0.1:${port}`, "--data", data];
   if (hub) args.push("--hub", hub.url, "--enroll", await hub.createStore(storeId));
+  let configDir = null;
+  let configPath = null;
+  if (config !== undefined) {
+    configDir = mkdtempSync(join(tmpdir(), "aisle-edge-config-"));
+    configPath = join(configDir, "aisle-edge.toml");
+    writeFileSync(configPath, config);
+    args.push("--config", configPath);
+  }
   const edge = new Server("aisle-edge", args, {
     AISLE_FIRST_ADMIN_PASSWORD: EDGE_ADMIN_PASSWORD,
     AISLE_STORE_ID: storeId,
@@ -130,7 +140,19 @@ export async function startEdge({ storeId = "store-1", hub, env = {} } = {}) {
     const token = await edge.login();
     return (await json(`${edge.url}/api/staff`, { username, name, password, role, capacity }, token)).staff;
   };
-  edge.cleanup = async () => { await edge.stop(); rmSync(data, { recursive: true, force: true }); };
+  edge.configPath = configPath;
+  /** Saves `text` as the configuration file the way editors do: a new file renamed over it. */
+  edge.writeConfig = (text) => {
+    if (!configPath) throw new Error("startEdge({ config }) runs the edge with a configuration file");
+    const next = join(configDir, ".aisle-edge.toml.new");
+    writeFileSync(next, text);
+    renameSync(next, configPath);
+  };
+  edge.cleanup = async () => {
+    await edge.stop();
+    rmSync(data, { recursive: true, force: true });
+    if (configDir) rmSync(configDir, { recursive: true, force: true });
+  };
   return edge;
 }
 
