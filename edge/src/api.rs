@@ -533,7 +533,11 @@ pub async fn update_staff(
         patch.role.as_deref(),
         patch.capacity,
     )?;
-    check_routing_tags(patch.team.as_deref(), patch.skills.as_deref())?;
+    // An empty team removes the account from its team.
+    check_routing_tags(
+        patch.team.as_deref().filter(|t| !t.is_empty()),
+        patch.skills.as_deref(),
+    )?;
     let store_capacity = app
         .settings
         .current()
@@ -586,7 +590,11 @@ pub async fn update_staff(
                 )?;
             }
             if let Some(team) = &patch.team {
-                conn.execute("UPDATE staff SET team = ?2 WHERE id = ?1", [&key, team])?;
+                let team = Some(team.trim()).filter(|t| !t.is_empty());
+                conn.execute(
+                    "UPDATE staff SET team = ?2 WHERE id = ?1",
+                    rusqlite::params![key, team],
+                )?;
             }
             if let Some(skills) = &patch.skills {
                 let skills = serde_json::to_string(skills).map_err(ApiError::internal)?;

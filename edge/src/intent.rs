@@ -79,6 +79,7 @@ pub fn watch(app: &Arc<App>) -> Option<notify::RecommendedWatcher> {
     let name = path.file_name().map(|n| n.to_owned());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
+            && crate::settings::writes(&event.kind)
             && event.paths.iter().any(|p| p.file_name() == name.as_deref())
         {
             // A full channel already holds a pending reload: this change is covered by it.

@@ -209,10 +209,16 @@ impl LiveSettings {
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = inputs.clone();
         edit(&mut next);
+        let before = self.current();
         if format!("{next:?}") == format!("{inputs:?}") {
+            // Back to what is in force (a bad edit undone): the refusal is over.
+            if before.refused.as_ref().is_some_and(|r| r.source == source) {
+                let mut cleared = (*before).clone();
+                cleared.refused = None;
+                self.current.store(Arc::new(cleared));
+            }
             return Ok(None);
         }
-        let before = self.current();
         let resolved = match next.resolve() {
             Ok(resolved) => resolved,
             Err(err) => {
@@ -329,6 +335,7 @@ pub fn watch(app: &Arc<App>) -> Option<notify::RecommendedWatcher> {
     let name = path.file_name().map(|n| n.to_owned());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
+            && writes(&event.kind)
             && event.paths.iter().any(|p| p.file_name() == name.as_deref())
         {
             // A full channel already holds a pending reload that covers this change.
@@ -351,6 +358,21 @@ pub fn watch(app: &Arc<App>) -> Option<notify::RecommendedWatcher> {
         }
     });
     Some(watcher)
+}
+
+/// Whether a file-system event can have changed a file's contents. Reads (open, close
+/// without writing) and metadata are left out: the reload reads the file itself, and reacting
+/// to that would reload forever.
+pub fn writes(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        _ => false,
+    }
 }
 
 /// How long after a change of the file it is read (editors write in several steps).

@@ -68,9 +68,8 @@ pub fn resolve(layers: &[(Source, &Value)]) -> Result<Resolved, SettingsError> {
         check_shape(layer)?;
         merge(&mut tree, layer, "", *source, &mut sources)?;
     }
-    let settings: StoreSettings = serde_path_to_error::deserialize(tree).map_err(|err| {
-        SettingsError::Shape(format!("{}: {}", err.path(), err.inner()))
-    })?;
+    let settings: StoreSettings = serde_path_to_error::deserialize(tree)
+        .map_err(|err| SettingsError::Shape(format!("{}: {}", err.path(), err.inner())))?;
     settings.validate()?;
     Ok(Resolved { settings, sources })
 }
@@ -224,7 +223,10 @@ mod tests {
         assert!(err.to_string().contains("routing"), "{err}");
         let err = validate_layer(&json!({"routing": {"capacity_per_staff": "many"}})).unwrap_err();
         assert!(matches!(err, SettingsError::Shape(_)), "{err}");
-        assert!(err.to_string().starts_with("routing.capacity_per_staff:"), "{err}");
+        assert!(
+            err.to_string().starts_with("routing.capacity_per_staff:"),
+            "{err}"
+        );
         let rule = json!({"name": "r", "assign": {"skill": "x"}, "whne": {}});
         let err = validate_layer(&json!({"routing": {"rules": [rule]}})).unwrap_err();
         assert!(err.to_string().starts_with("routing.rules[0]"), "{err}");

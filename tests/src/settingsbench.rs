@@ -74,7 +74,9 @@ pub async fn run(o: &SettingsBenchOptions) -> anyhow::Result<Value> {
                     break;
                 }
                 if pushed.elapsed() > APPLY_DEADLINE {
-                    bail!("push {push} (version {version}) not in force at store {i} after {APPLY_DEADLINE:?}");
+                    bail!(
+                        "push {push} (version {version}) not in force at store {i} after {APPLY_DEADLINE:?}"
+                    );
                 }
                 tokio::time::sleep(POLL).await;
             }

@@ -142,9 +142,28 @@ async fn a_rule_saved_in_the_watched_file_routes_the_next_matching_chat_and_a_ba
         s["settings"]["routing"]["rules"][0]["when"]["intents"][0], "return_refund",
         "{s}"
     );
+    let refused_key = "aisle_settings_changes_total{outcome=\"refused\",source=\"file\"}";
+    let refusals = metric_value(&edge.http().metrics().await, refused_key);
     let (_c3, conv3, st) = chat_saying(&edge, "Zhao", "我想退货，这件外套太小了").await;
     assert_eq!(st["agent"]["id"], bob.id.as_str(), "{st}");
     assert_ne!(conv1, conv3);
+    // One save, one refusal: reading the file is not taken for another edit.
+    assert_eq!(
+        metric_value(&edge.http().metrics().await, refused_key),
+        refusals
+    );
+
+    // The edit undone: the rule set in force is the file's again, and nothing is refused.
+    save(&file, RETURNS_RULE);
+    eventually("the refusal is over", DEADLINE, async || {
+        let s = settings_at(&edge, &admin.token).await;
+        if s["refused"].is_null() {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await;
 
     // The change is in the audit log, with its author; the metrics say how often.
     let audit = edge

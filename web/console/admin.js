@@ -158,12 +158,7 @@ export function mountAdmin(root, { token, me, onCannedChanged }) {
         }
         const team = edit.team.trim();
         if (team !== (s.team || "")) {
-          if (!team) { // the server takes a team, not its removal (null means "unchanged")
-            staffMessage = { ok: false, text: t("admin.staff.error.team_clear") };
-            render();
-            return;
-          }
-          body.team = team;
+          body.team = team; // "" takes the account out of its team
         }
         const skills = parseSkills(edit.skills);
         if (JSON.stringify(skills) !== JSON.stringify(s.skills || [])) body.skills = skills;

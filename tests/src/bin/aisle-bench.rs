@@ -298,10 +298,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("settings starts its own hub and stores: --url is not supported");
             }
             vec![
-                aisle_tests::settingsbench::run(&aisle_tests::settingsbench::SettingsBenchOptions {
-                    stores: a.stores,
-                    pushes: a.pushes,
-                })
+                aisle_tests::settingsbench::run(
+                    &aisle_tests::settingsbench::SettingsBenchOptions {
+                        stores: a.stores,
+                        pushes: a.pushes,
+                    },
+                )
                 .await?,
             ]
         }
