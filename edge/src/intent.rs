@@ -6,13 +6,12 @@
 //! model. The model file named by `model.path` is watched: a new file is validated and swapped
 //! in without a restart, a bad one is refused and logged while the old model keeps serving.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aisle_models::{Classifier, ClassifierOptions, ModelError};
 use aisle_sync::IntentRecord;
-use notify::{RecursiveMode, Watcher};
 
 use crate::App;
 use crate::config::Config;
@@ -67,41 +66,16 @@ pub async fn read(app: &App, text: &str) -> Option<IntentRecord> {
     }
 }
 
-/// Watches `model.path` (its directory: editors and `mv` replace the file) and swaps in each
-/// new version. Returns the watcher, which stops when dropped.
+/// Watches `model.path` and swaps in each new version. Returns the watcher, which stops when
+/// dropped.
 pub fn watch(app: &Arc<App>) -> Option<notify::RecommendedWatcher> {
     let path = app.config.model.path.clone()?;
-    let dir = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    let name = path.file_name().map(|n| n.to_owned());
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && crate::settings::writes(&event.kind)
-            && event.paths.iter().any(|p| p.file_name() == name.as_deref())
-        {
-            // A full channel already holds a pending reload: this change is covered by it.
-            let _ = tx.try_send(());
-        }
-    })
-    .map_err(|err| tracing::warn!(error = %err, "cannot watch the model file"))
-    .ok()?;
-    if let Err(err) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(error = %err, dir = %dir.display(), "cannot watch the model file");
-        return None;
-    }
     let app = Arc::clone(app);
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Let a writer finish (several events per save) before reading the file.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            while rx.try_recv().is_ok() {}
-            reload(&app, &path).await;
-        }
-    });
-    Some(watcher)
+    let watched = path.clone();
+    crate::watch::watch_file(&watched, "model file", move || {
+        let (app, path) = (Arc::clone(&app), path.clone());
+        async move { reload(&app, &path).await }
+    })
 }
 
 /// Validates `path` and swaps it in; a refused file leaves the model in force serving.

@@ -34,6 +34,7 @@ pub mod store;
 pub mod throttle;
 pub mod update;
 pub mod uplink;
+pub mod watch;
 pub mod web;
 
 use std::sync::Arc;

@@ -14,9 +14,8 @@
 //! (applied by the writer thread, `store::writer::replica`), the file by [`watch`], the
 //! admin's bot policy by `PUT /api/bot-policy`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use aisle_settings::{Resolved, SettingsError, Source, resolve};
 use aisle_sync::HqLayer;
@@ -322,61 +321,17 @@ pub fn project_capacity(
     Ok(())
 }
 
-/// Watches the configuration file (its directory: editors and `mv` replace the file) and
-/// applies each saved version's live settings. Returns the watcher, which stops when dropped.
+/// Watches the configuration file and applies each saved version's live settings. Returns
+/// the watcher, which stops when dropped.
 pub fn watch(app: &Arc<App>) -> Option<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher};
     let path = app.config.file.clone()?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    let name = path.file_name().map(|n| n.to_owned());
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && writes(&event.kind)
-            && event.paths.iter().any(|p| p.file_name() == name.as_deref())
-        {
-            // A full channel already holds a pending reload that covers this change.
-            let _ = tx.try_send(());
-        }
-    })
-    .map_err(|err| tracing::warn!(error = %err, "cannot watch the configuration file"))
-    .ok()?;
-    if let Err(err) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(error = %err, dir = %dir.display(), "cannot watch the configuration file");
-        return None;
-    }
     let app = Arc::clone(app);
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Let the editor finish (several events per save) before reading.
-            tokio::time::sleep(Duration::from_millis(FILE_SETTLE_MS)).await;
-            while rx.try_recv().is_ok() {}
-            reload_file(&app, &path).await;
-        }
-    });
-    Some(watcher)
+    let watched = path.clone();
+    crate::watch::watch_file(&watched, "configuration file", move || {
+        let (app, path) = (Arc::clone(&app), path.clone());
+        async move { reload_file(&app, &path).await }
+    })
 }
-
-/// Whether a file-system event can have changed a file's contents. Reads (open, close
-/// without writing) and metadata are left out: the reload reads the file itself, and reacting
-/// to that would reload forever.
-pub fn writes(kind: &notify::EventKind) -> bool {
-    use notify::EventKind;
-    use notify::event::{AccessKind, AccessMode, ModifyKind};
-    match kind {
-        EventKind::Create(_) | EventKind::Remove(_) => true,
-        EventKind::Modify(ModifyKind::Metadata(_)) => false,
-        EventKind::Modify(_) => true,
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        _ => false,
-    }
-}
-
-/// How long after a change of the file it is read (editors write in several steps).
-const FILE_SETTLE_MS: u64 = 200;
 
 /// Reads the file again and applies its live settings; a file that does not load or whose
 /// settings do not validate is refused, and the settings in force stay.

@@ -25,15 +25,26 @@ pub fn layered<T>(file: Option<&Path>, env_prefix: &str) -> Result<T, ConfigErro
 where
     T: Serialize + DeserializeOwned + Default,
 {
-    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    let figment = Figment::from(Serialized::defaults(T::default()));
+    Ok(file_then_env(figment, file, env_prefix)?
+        .extract()
+        .map_err(Box::new)?)
+}
+
+/// `figment`, then `file` (which must exist if given), then the environment variables
+/// starting with `env_prefix` (the `CONFIG` variable names the file and is skipped).
+fn file_then_env(
+    mut figment: Figment,
+    file: Option<&Path>,
+    env_prefix: &str,
+) -> Result<Figment, ConfigError> {
     if let Some(file) = file {
         if !file.exists() {
             return Err(ConfigError::MissingFile(file.to_path_buf()));
         }
         figment = figment.merge(Toml::file(file));
     }
-    figment = figment.merge(Env::prefixed(env_prefix).split("__").ignore(&["config"]));
-    Ok(figment.extract().map_err(Box::new)?)
+    Ok(figment.merge(Env::prefixed(env_prefix).split("__").ignore(&["config"])))
 }
 
 /// What `file` and the environment set, without the defaults: the box's own layer of settings
@@ -43,13 +54,7 @@ pub fn file_and_env(
     file: Option<&Path>,
     env_prefix: &str,
 ) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
-    let mut figment = Figment::new();
-    if let Some(file) = file {
-        if !file.exists() {
-            return Err(ConfigError::MissingFile(file.to_path_buf()));
-        }
-        figment = figment.merge(Toml::file(file));
-    }
-    figment = figment.merge(Env::prefixed(env_prefix).split("__").ignore(&["config"]));
-    Ok(figment.extract().map_err(Box::new)?)
+    Ok(file_then_env(Figment::new(), file, env_prefix)?
+        .extract()
+        .map_err(Box::new)?)
 }
