@@ -58,7 +58,7 @@ pub struct Applied {
     pub changed: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct Inputs {
     file: Value,
     admin: Value,
@@ -209,7 +209,7 @@ impl LiveSettings {
         let mut next = inputs.clone();
         edit(&mut next);
         let before = self.current();
-        if format!("{next:?}") == format!("{inputs:?}") {
+        if next == *inputs {
             // Back to what is in force (a bad edit undone): the refusal is over.
             if before.refused.as_ref().is_some_and(|r| r.source == source) {
                 let mut cleared = (*before).clone();

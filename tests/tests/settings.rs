@@ -308,3 +308,41 @@ async fn a_capacity_pushed_by_hq_applies_at_two_stores_with_every_connection_ope
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_chat_waiting_for_its_first_message_does_not_hold_up_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("edge.toml");
+    std::fs::write(&file, RETURNS_RULE).unwrap();
+    let mut opts = EdgeOptions::default();
+    opts.args
+        .extend(["--config".to_string(), file.display().to_string()]);
+    let edge = Edge::start_with(opts).await;
+    let admin = edge.http().login_admin().await;
+    let alice = staff_following_the_store(&edge, &admin, "alice", &[]).await;
+
+    // Nobody is online: a silent customer first, then one who asks something.
+    let mut silent = Customer::connect(&edge, "Silent").await;
+    let waiting = silent.start_conversation().await;
+    silent.recv_state(&waiting, "queued").await;
+    let mut asking = Customer::connect(&edge, "Asking").await;
+    let asked = asking.start_conversation().await;
+    asking.recv_state(&asked, "queued").await;
+    asking
+        .send_msg(&asked, &cmid(), "What time do you open on Sunday?")
+        .await;
+
+    // Alice comes online: the chat with a question is hers; the silent one still waits for
+    // its first message, without holding the other up.
+    let _alice_ws = StaffConn::connect(&edge, &alice, "alice").await;
+    let st = asking.recv_state(&asked, "assigned").await;
+    assert_eq!(st["agent"]["id"], alice.id.as_str(), "{st}");
+    let c = edge.http().conversation(&admin.token, &waiting).await;
+    assert_eq!(c["conversation"]["status"], "queued", "{c}");
+    // Its first message routes it (no returns desk online: the fallback, alice).
+    silent
+        .send_msg(&waiting, &cmid(), "Do you have this in blue?")
+        .await;
+    let st = silent.recv_state(&waiting, "assigned").await;
+    assert_eq!(st["agent"]["id"], alice.id.as_str(), "{st}");
+}

@@ -1713,32 +1713,61 @@ fn route(
     Ok(true)
 }
 
-/// Offers queued chats, oldest first, to whoever has room.
+/// Offers queued chats, urgent then oldest first, to whoever has room. A chat the rules keep
+/// waiting (for its first message, or for a busy team while others are free) does not hold up
+/// the chats behind it; the offer stops when nobody online has room at all.
 fn drain_queue(db: &Connection, state: &mut State, out: &mut Outbox) -> Result<(), ApiError> {
     const MAX_PER_BATCH: usize = 256;
     if state.delivery.online_staff().is_empty() {
         return Ok(());
     }
+    let waits = state
+        .live
+        .current()
+        .resolved
+        .settings
+        .routing
+        .waits_for_first_message();
     let queued: Vec<String> = db
         .prepare_cached(concat!(
             "SELECT c.id FROM conversations c WHERE c.status IN ('queued', 'reopened')
+             AND (?2 = 0 OR c.agent_id IS NOT NULL OR EXISTS (SELECT 1 FROM messages m
+                  WHERE m.conversation = c.rowid AND m.sender_kind = 'customer'))
              ORDER BY EXISTS (SELECT 1 FROM messages m WHERE m.conversation = c.rowid
                               AND m.intent IN ",
             crate::urgent_intents_sql!(),
             ") DESC, c.created_at_ms LIMIT ?1"
         ))?
-        .query_map([MAX_PER_BATCH as i64], |r| r.get(0))?
+        .query_map(params![MAX_PER_BATCH as i64, waits], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for id in queued {
         let id: ConversationId = id.parse().map_err(ApiError::internal)?;
         if hot(db, state, id, out)?.is_none() {
             continue;
         }
-        if !route(db, state, id, None, out)? {
+        if !route(db, state, id, None, out)? && !anyone_has_room(db, state)? {
             break;
         }
     }
     Ok(())
+}
+
+/// Whether some online, enabled staff member holds fewer chats than their capacity.
+fn anyone_has_room(db: &Connection, state: &State) -> Result<bool, ApiError> {
+    for id in state.delivery.online_staff() {
+        let room: Option<bool> = db
+            .prepare_cached(
+                "SELECT s.capacity > (SELECT COUNT(*) FROM conversations c WHERE c.agent_id = s.id
+                   AND c.status IN ('assigned', 'transferred', 'reopened'))
+                 FROM staff s WHERE s.id = ?1 AND s.disabled = 0",
+            )?
+            .query_row([id.to_string()], |r| r.get(0))
+            .optional()?;
+        if room == Some(true) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Emits `Wake` for snoozes that are due.
