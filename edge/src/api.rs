@@ -1142,13 +1142,13 @@ pub async fn put_bot_policy(
     Body(policy): Body<crate::bot::BotPolicy>,
 ) -> ApiResult {
     auth.require_admin()?;
-    policy.validate()?;
+    crate::bot::validate(&policy)?;
     let saved = policy.clone();
     let by = audit::actor::staff(auth.0.staff.id);
     let by_audit = by.clone();
     app.writer
         .exec(move |conn| {
-            saved.save(conn)?;
+            crate::bot::save(conn, &saved)?;
             let details =
                 json!({ "intents": saved.intents, "min_confidence": saved.min_confidence });
             audit::append(conn, &by_audit, "bot_policy_changed", "", details)?;
@@ -1160,7 +1160,7 @@ pub async fn put_bot_policy(
         Ok(Some(applied)) => {
             let live = Arc::clone(&app.settings);
             app.writer
-                .exec(move |conn| crate::settings::record(conn, &live, &applied, &by))
+                .exec(move |conn| crate::settings::record(conn, &live, &applied))
                 .await?;
         }
         Ok(None) => {}

@@ -8,9 +8,7 @@
 //! them is refused, and the writer checks again before answering.
 
 use aisle_models::Intent;
-use aisle_sync::IntentRecord;
 use rusqlite::{Connection, OptionalExtension};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, Code};
 
@@ -31,101 +29,47 @@ pub fn is_urgent(label: &str) -> bool {
     NEVER.iter().any(|i| i.as_str() == label)
 }
 
-/// Lowest threshold an admin may set: below it the bot would answer on a coin toss.
-pub const MIN_CONFIDENCE_FLOOR: f64 = 0.5;
-
 const SETTINGS_KEY: &str = "bot_policy";
 
-/// What the store admin allows the bot. Off by default (no intents).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BotPolicy {
-    /// Intent labels the bot may answer alone.
-    #[serde(default)]
-    pub intents: Vec<String>,
-    /// The model's probability a message must reach for the bot to answer it.
-    #[serde(default = "default_min_confidence")]
-    pub min_confidence: f64,
+/// What the store admin allows the bot: the live settings' `bot` section
+/// ([`aisle_settings::BotPolicy`], validated by the same code as every other layer).
+pub use aisle_settings::BotPolicy;
+
+/// Refuses unknown labels, `complaint` / `human_agent`, a label named twice, and thresholds
+/// outside [`aisle_settings::MIN_BOT_CONFIDENCE`, 1], as 400 `bad_request`.
+pub fn validate(policy: &BotPolicy) -> Result<(), ApiError> {
+    policy
+        .validate()
+        .map_err(|err| ApiError::new(Code::BadRequest, err.to_string()))
 }
 
-fn default_min_confidence() -> f64 {
-    0.85
+/// The admin's saved policy, if they ever saved one.
+fn saved(conn: &Connection) -> Result<Option<BotPolicy>, ApiError> {
+    let json: Option<String> = conn
+        .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+        .query_row([SETTINGS_KEY], |r| r.get(0))
+        .optional()?;
+    json.map(|text| serde_json::from_str(&text).map_err(ApiError::internal))
+        .transpose()
 }
 
-impl Default for BotPolicy {
-    fn default() -> Self {
-        Self {
-            intents: Vec::new(),
-            min_confidence: default_min_confidence(),
-        }
-    }
-}
-
-impl BotPolicy {
-    /// Refuses unknown labels, `complaint` / `human_agent`, a label named twice, and thresholds
-    /// outside [`MIN_CONFIDENCE_FLOOR`, 1].
-    pub fn validate(&self) -> Result<(), ApiError> {
-        for (i, label) in self.intents.iter().enumerate() {
-            if self.intents[..i].contains(label) {
-                return Err(ApiError::new(
-                    Code::BadRequest,
-                    format!("intent {label:?} is named twice"),
-                ));
-            }
-            let intent: Intent = label.parse().map_err(|_| {
-                ApiError::new(Code::BadRequest, format!("unknown intent {label:?}"))
-            })?;
-            if NEVER.contains(&intent) {
-                return Err(ApiError::new(
-                    Code::BadRequest,
-                    format!("the bot never answers {label}: those go to a person"),
-                ));
-            }
-        }
-        if !(MIN_CONFIDENCE_FLOOR..=1.0).contains(&self.min_confidence) {
-            return Err(ApiError::new(
-                Code::BadRequest,
-                format!("min_confidence must be between {MIN_CONFIDENCE_FLOOR} and 1"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Whether the bot may answer a message read as `intent`.
-    pub fn allows(&self, intent: &IntentRecord) -> bool {
-        !is_urgent(&intent.label)
-            && f64::from(intent.confidence) >= self.min_confidence
-            && self.intents.contains(&intent.label)
-    }
-
-    /// The admin's saved policy as a settings layer (`{"bot": …}`; null when never saved):
-    /// it sits above the box's file and under HQ's layers (crate::settings).
-    pub fn saved(conn: &Connection) -> Result<Option<Self>, ApiError> {
-        let json: Option<String> = conn
-            .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
-            .query_row([SETTINGS_KEY], |r| r.get(0))
-            .optional()?;
-        json.map(|text| serde_json::from_str(&text).map_err(ApiError::internal))
-            .transpose()
-    }
-
-    pub fn save(&self, conn: &Connection) -> Result<(), ApiError> {
-        self.validate()?;
-        conn.prepare_cached(
-            "INSERT INTO settings (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )?
-        .execute([
-            SETTINGS_KEY,
-            &serde_json::to_string(self).map_err(ApiError::internal)?,
-        ])?;
-        Ok(())
-    }
+/// Validates and stores the admin's policy.
+pub fn save(conn: &Connection, policy: &BotPolicy) -> Result<(), ApiError> {
+    validate(policy)?;
+    conn.prepare_cached(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([
+        SETTINGS_KEY,
+        &serde_json::to_string(policy).map_err(ApiError::internal)?,
+    ])?;
+    Ok(())
 }
 
 /// The store admin's layer of the live settings: the bot policy they saved, if any.
 pub fn admin_layer(conn: &Connection) -> Result<serde_json::Value, ApiError> {
-    Ok(match BotPolicy::saved(conn)? {
+    Ok(match saved(conn)? {
         Some(policy) => serde_json::json!({ "bot": policy }),
         None => serde_json::Value::Null,
     })
@@ -135,12 +79,9 @@ pub fn admin_layer(conn: &Connection) -> Result<serde_json::Value, ApiError> {
 mod tests {
     use super::*;
 
-    fn read(label: &str, confidence: f32) -> IntentRecord {
-        IntentRecord {
-            label: label.into(),
-            confidence,
-            model: "m".into(),
-        }
+    /// Whether `policy` lets the bot answer a message read as `label` with `confidence`.
+    fn answers(policy: &BotPolicy, label: &str, confidence: f64) -> bool {
+        policy.allows(label, confidence)
     }
 
     #[test]
@@ -151,6 +92,9 @@ mod tests {
             .collect::<Vec<_>>()
             .join(", ");
         assert_eq!(urgent_intents_sql!(), format!("({listed})"));
+        // And the settings' list, which validates every layer's bot policy.
+        let labels: Vec<&str> = NEVER.iter().map(|i| i.as_str()).collect();
+        assert_eq!(labels, aisle_settings::BOT_NEVER);
     }
 
     #[test]
@@ -160,8 +104,8 @@ mod tests {
                 intents: vec![label.into()],
                 min_confidence: 0.5,
             };
-            assert!(policy.validate().is_err(), "{label} must be refused");
-            assert!(!policy.allows(&read(label, 1.0)), "{label} never answered");
+            assert!(validate(&policy).is_err(), "{label} must be refused");
+            assert!(!answers(&policy, label, 1.0), "{label} never answered");
         }
     }
 
@@ -171,28 +115,28 @@ mod tests {
             intents: vec!["store_info".into()],
             min_confidence: 0.8,
         };
-        policy.validate().unwrap();
-        assert!(policy.allows(&read("store_info", 0.81)));
-        assert!(!policy.allows(&read("store_info", 0.79)));
-        assert!(!policy.allows(&read("payment", 0.99)));
+        validate(&policy).unwrap();
+        assert!(answers(&policy, "store_info", 0.81));
+        assert!(!answers(&policy, "store_info", 0.79));
+        assert!(!answers(&policy, "payment", 0.99));
         assert!(
-            !BotPolicy::default().allows(&read("store_info", 1.0)),
+            !answers(&BotPolicy::default(), "store_info", 1.0),
             "off by default"
         );
         let bad = BotPolicy {
             intents: vec!["weather".into()],
             min_confidence: 0.9,
         };
-        assert!(bad.validate().is_err());
+        assert!(validate(&bad).is_err());
         let low = BotPolicy {
             intents: vec![],
             min_confidence: 0.2,
         };
-        assert!(low.validate().is_err());
+        assert!(validate(&low).is_err());
         let twice = BotPolicy {
             intents: vec!["store_info".into(), "store_info".into()],
             min_confidence: 0.9,
         };
-        assert!(twice.validate().is_err());
+        assert!(validate(&twice).is_err());
     }
 }

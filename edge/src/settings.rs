@@ -56,6 +56,9 @@ pub struct Applied {
     pub generation: u64,
     /// Dotted paths of the settings whose value changed.
     pub changed: Vec<String>,
+    /// Who made it (`file`, `staff:<id>`, `hq:<id>`).
+    pub by: String,
+    pub hq_version: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -80,13 +83,17 @@ impl Inputs {
     }
 
     fn hq_version(&self) -> u64 {
-        [&self.hq_region, &self.hq_store]
-            .into_iter()
-            .flatten()
-            .map(|l| l.version)
-            .max()
-            .unwrap_or(0)
+        newest(&self.hq_region, &self.hq_store).map_or(0, |l| l.version)
     }
+}
+
+/// The newer of HQ's two layers: its version is HQ's version in force, its author the author
+/// of HQ's last change.
+pub fn newest<'a>(region: &'a Option<HqLayer>, store: &'a Option<HqLayer>) -> Option<&'a HqLayer> {
+    [region, store]
+        .into_iter()
+        .flatten()
+        .max_by_key(|l| l.version)
 }
 
 /// The live settings of this store; shared by the handlers and the writer thread.
@@ -176,12 +183,7 @@ impl LiveSettings {
         region: Option<HqLayer>,
         store: Option<HqLayer>,
     ) -> Result<Option<Applied>, SettingsError> {
-        let by = [&region, &store]
-            .into_iter()
-            .flatten()
-            .max_by_key(|l| l.version)
-            .map(|l| l.author.clone())
-            .unwrap_or_else(|| "hq".into());
+        let by = newest(&region, &store).map_or_else(|| "hq".into(), |l| l.author.clone());
         let source = if store.is_some() {
             Source::HqStore
         } else {
@@ -191,6 +193,17 @@ impl LiveSettings {
             i.hq_region = region;
             i.hq_store = store;
         })
+    }
+
+    /// Records a refused change (the set in force stays): shown until a change applies.
+    fn note_refusal(&self, source: Source, reason: String) {
+        let mut kept = (*self.current()).clone();
+        kept.refused = Some(Refusal {
+            source,
+            reason,
+            at_ms: now_ms(),
+        });
+        self.current.store(Arc::new(kept));
     }
 
     /// Applies `edit` to a copy of the layers, resolves and validates it, and swaps it in;
@@ -227,13 +240,7 @@ impl LiveSettings {
                     .inc();
                 tracing::warn!(source = label, by, error = %err,
                     "settings change refused; the settings in force keep working");
-                let mut kept = (*before).clone();
-                kept.refused = Some(Refusal {
-                    source,
-                    reason: err.to_string(),
-                    at_ms: now_ms(),
-                });
-                self.current.store(Arc::new(kept));
+                self.note_refusal(source, err.to_string());
                 return Err(err);
             }
         };
@@ -255,11 +262,14 @@ impl LiveSettings {
             .inc();
         tracing::info!(source = label, by, generation, hq_version = in_force.hq_version,
             changed = ?changed, "settings applied");
+        let in_force_hq_version = in_force.hq_version;
         self.current.store(Arc::new(in_force));
         *inputs = next;
         Ok(Some(Applied {
             generation,
             changed,
+            by: by.to_owned(),
+            hq_version: in_force_hq_version,
         }))
     }
 }
@@ -293,18 +303,17 @@ pub fn record(
     conn: &rusqlite::Connection,
     live: &LiveSettings,
     applied: &Applied,
-    by: &str,
 ) -> Result<(), crate::error::ApiError> {
-    let in_force = live.current();
-    project_capacity(conn, &in_force)?;
+    // The capacity of the set in force now (a later change may already have replaced this one).
+    project_capacity(conn, &live.current())?;
     crate::audit::append(
         conn,
-        by,
+        &applied.by,
         "settings_changed",
         "",
         json!({
             "generation": applied.generation,
-            "hq_version": in_force.hq_version,
+            "hq_version": applied.hq_version,
             "changed": applied.changed,
         }),
     )?;
@@ -362,7 +371,7 @@ pub async fn reload_file(app: &Arc<App>, path: &Path) {
             let live = Arc::clone(&app.settings);
             if let Err(err) = app
                 .writer
-                .exec(move |conn| record(conn, &live, &applied, "file"))
+                .exec(move |conn| record(conn, &live, &applied))
                 .await
             {
                 tracing::warn!(error = %err.message, "could not record the settings change");
@@ -370,19 +379,6 @@ pub async fn reload_file(app: &Arc<App>, path: &Path) {
         }
         Ok(None) => tracing::debug!("configuration file saved without a change of settings"),
         Err(_) => {}
-    }
-}
-
-impl LiveSettings {
-    /// Records a change refused before it reached the layers (a file that does not load).
-    fn note_refusal(&self, source: Source, reason: String) {
-        let mut kept = (*self.current()).clone();
-        kept.refused = Some(Refusal {
-            source,
-            reason,
-            at_ms: now_ms(),
-        });
-        self.current.store(Arc::new(kept));
     }
 }
 

@@ -178,7 +178,9 @@ impl StoreSettings {
 }
 
 impl BotPolicy {
-    fn validate(&self) -> Result<(), SettingsError> {
+    /// Known, distinct intents, never `complaint` or `human_agent`, and a threshold in
+    /// [`MIN_BOT_CONFIDENCE`, 1].
+    pub fn validate(&self) -> Result<(), SettingsError> {
         check_list("bot.intents", &self.intents)?;
         for label in &self.intents {
             check_intent("bot.intents", label)?;

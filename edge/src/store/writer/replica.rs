@@ -631,21 +631,11 @@ fn apply_hq_layers(db: &Connection, state: &mut State, out: &mut Outbox) -> Resu
             return Ok(());
         }
     };
-    let author = [&region, &store]
-        .into_iter()
-        .flatten()
-        .max_by_key(|l| l.version)
-        .map(|l| l.author.clone())
-        .unwrap_or_else(|| "hq".into());
-    let version = [&region, &store]
-        .into_iter()
-        .flatten()
-        .map(|l| l.version)
-        .max()
-        .unwrap_or(0);
+    let (author, version) = crate::settings::newest(&region, &store)
+        .map_or(("hq".into(), 0), |l| (l.author.clone(), l.version));
     match state.live.set_hq(region, store) {
         Ok(Some(applied)) => {
-            crate::settings::record(db, &state.live, &applied, &author)?;
+            crate::settings::record(db, &state.live, &applied)?;
             out.drain_queue = true;
         }
         Ok(None) => {}
